@@ -1,0 +1,219 @@
+"""Random-access data sources: the embedded digits, TFDS ArrayRecord datasets, image folders.
+
+Every source is a sequence: `len(source)` and `source[i] -> {'image': uint8 HWC, 'label': int}`,
+so Grain can sample it by index (exact resume) and split it across hosts and workers.
+`load_split(dataset_config, split)` is the one entry point; `config.dataset.source` names the kind.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image
+
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
+SOURCE_KINDS = "'digits', 'tfds:NAME' or 'folder:PATH'"
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """One split of a dataset: the records plus what the model needs to know about them."""
+  records: Sequence[dict[str, Any]]
+  num_classes: int
+  name: str
+
+  def __len__(self) -> int:
+    return len(self.records)
+
+
+class ArraySource:
+  """In-memory images and labels (the embedded digits)."""
+
+  def __init__(self, images: np.ndarray, labels: np.ndarray):
+    self.images, self.labels = images, labels
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    return {'image': self.images[index], 'label': int(self.labels[index])}
+
+  def __repr__(self) -> str:  # Grain checks repr(source) when restoring an iterator: keep it stable.
+    return f'ArraySource(images={self.images.shape}, labels={self.labels.shape})'
+
+
+class FolderSource:
+  """Image files on disk, decoded with PIL when read (in Grain's worker processes)."""
+
+  def __init__(self, paths: Sequence[str], labels: Sequence[int], mode: str):
+    self.paths, self.labels, self.mode = list(paths), np.asarray(labels, np.int32), mode
+
+  def __len__(self) -> int:
+    return len(self.paths)
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    with Image.open(self.paths[index]) as img:
+      array = np.asarray(img.convert(self.mode), dtype=np.uint8)
+    if array.ndim == 2:
+      array = array[:, :, None]
+    return {'image': array, 'label': int(self.labels[index])}
+
+  def __repr__(self) -> str:
+    first = self.paths[0] if self.paths else ''
+    return f'FolderSource({len(self.paths)} images from {os.path.dirname(os.path.dirname(first))})'
+
+
+class TfdsSource:
+  """A TFDS data source, keeping only the image and label features."""
+
+  def __init__(self, source, image_key: str, label_key: str):
+    self.source, self.image_key, self.label_key = source, image_key, label_key
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    record = self.source[index]
+    image = np.asarray(record[self.image_key], dtype=np.uint8)
+    if image.ndim == 2:
+      image = image[:, :, None]
+    return {'image': image, 'label': int(record[self.label_key])}
+
+  def __repr__(self) -> str:
+    return f'TfdsSource({len(self.source)} records, keys={self.image_key},{self.label_key})'
+
+
+def holdout_indices(num_examples: int, fraction: float, split: str) -> np.ndarray:
+  """The deterministic train/validation carve: a fixed permutation, independent of the run's seed."""
+  if not 0.0 < fraction < 1.0:
+    raise ValueError(f'config.dataset.val_fraction must be in (0, 1) to carve a validation split, '
+                     f'got {fraction}')
+  order = np.random.default_rng(0).permutation(num_examples)
+  num_val = max(1, int(round(num_examples * fraction)))
+  chosen = order[:num_val] if split == 'validation' else order[num_val:]
+  return np.sort(chosen)
+
+
+class Subset:
+  """A view of some records of another source."""
+
+  def __init__(self, source, indices: np.ndarray):
+    self.source, self.indices = source, indices
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    return self.source[int(self.indices[index])]
+
+  def __repr__(self) -> str:
+    return f'Subset({len(self.indices)} of {self.source!r})'
+
+
+def _resolve(available: Sequence[str], split: str, val_fraction: float) -> tuple[str, bool]:
+  """(the stored split to read, whether to carve it): `validation` and the rest of `train` are
+  carved from `train` when the dataset stores no `validation` split."""
+  if split == 'validation' and split not in available and 'train' in available:
+    return 'train', True
+  if split not in available:
+    raise ValueError(f"split '{split}' not found; available: {sorted(available)} "
+                     "(and 'validation', carved from 'train' by config.dataset.val_fraction)")
+  return split, split == 'train' and 'validation' not in available and val_fraction > 0
+
+
+def load_digits_split(split: str, val_fraction: float) -> Split:
+  """scikit-learn's 1,797 8x8 handwritten digits (UCI), shipped inside the package: no network.
+
+  A fixed 80/20 train/test split; `validation` is carved from `train`.
+  """
+  from sklearn.datasets import load_digits
+  digits = load_digits()
+  # 0..16 grey levels -> 0..255 so the images look like every other uint8 source.
+  images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[:, :, :, None]
+  labels = digits.target.astype(np.int32)
+  order = np.random.default_rng(0).permutation(len(labels))
+  num_test = 360
+  parts = {'test': np.sort(order[:num_test]), 'train': np.sort(order[num_test:])}
+  base_split, carve = _resolve(list(parts), split, val_fraction)
+  idx = parts[base_split]
+  if carve:
+    idx = idx[holdout_indices(len(idx), val_fraction, split)]
+  return Split(ArraySource(images[idx], labels[idx]), 10, f'digits/{split}')
+
+
+def load_folder_split(root: str, split: str, val_fraction: float) -> Split:
+  """An image folder `root/<split>/<class>/<image>`; class names sorted; PNG or JPEG."""
+  if not os.path.isdir(root):
+    raise FileNotFoundError(f"config.dataset.source folder '{root}' does not exist; expected an image "
+                            'folder laid out as PATH/<split>/<class>/<image>.(png|jpg|jpeg)')
+  available = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+  base_split, carve = _resolve(available, split, val_fraction)
+  base = os.path.join(root, base_split)
+  classes = sorted(d for d in os.listdir(base) if os.path.isdir(os.path.join(base, d)))
+  if not classes:
+    raise FileNotFoundError(f"no class folders in '{base}'; expected {base}/<class>/<image>")
+  paths, labels = [], []
+  for label, name in enumerate(classes):
+    files = sorted(f for f in os.listdir(os.path.join(base, name))
+                   if f.lower().endswith(IMAGE_EXTENSIONS))
+    paths += [os.path.join(base, name, f) for f in files]
+    labels += [label] * len(files)
+  if not paths:
+    raise FileNotFoundError(f"no PNG or JPEG images under '{base}'")
+  with Image.open(paths[0]) as first:
+    mode = 'L' if first.mode in ('L', 'LA', 'I', 'I;16', '1') else 'RGB'
+  source = FolderSource(paths, labels, mode)
+  if carve:
+    source = Subset(source, holdout_indices(len(source), val_fraction, split))
+  return Split(source, len(classes), f'{root}/{split}')
+
+
+def load_tfds_split(name: str, split: str, data_dir: str | None, val_fraction: float) -> Split:
+  """A TFDS dataset prepared in ArrayRecord format, read random-access without TensorFlow."""
+  import tensorflow_datasets as tfds
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except Exception as e:  # TFDS raises several types for an unknown or unreadable name.
+    raise ValueError(f"config.dataset.source 'tfds:{name}': {e}") from e
+  how = (f'prepare it once where there is network: pip install "resnet_jax[tf]" && '
+         f'tfds build {name} --file_format=array_record'
+         + (f' --data_dir={data_dir}' if data_dir else '')
+         + ' (or copy a prepared copy into config.dataset.data_dir)')
+  if not builder.is_prepared():
+    raise FileNotFoundError(f"TFDS dataset '{name}' is not prepared in "
+                            f"{data_dir or tfds.core.constants.DATA_DIR}; {how}")
+  file_format = str(getattr(builder.info.file_format, 'value', builder.info.file_format))
+  if file_format != 'array_record':
+    raise ValueError(f"TFDS dataset '{name}' is prepared as {file_format}, but random access needs "
+                     f'ArrayRecord; {how}')
+  splits = list(builder.info.splits.keys())
+  base_split, carve = _resolve(splits, split, val_fraction)
+  features = builder.info.features
+  image_key = 'image' if 'image' in features else next(
+      k for k, f in features.items() if isinstance(f, tfds.features.Image))
+  label_key = 'label'
+  source = TfdsSource(builder.as_data_source(split=base_split), image_key, label_key)
+  if carve:
+    source = Subset(source, holdout_indices(len(source), val_fraction, split))
+  return Split(source, features[label_key].num_classes, f'tfds:{name}/{split}')
+
+
+def load_split(dataset_config, split: str) -> Split:
+  """The records of `split` from `config.dataset.source`.
+
+  When the dataset has no `validation` split it is carved from `train` by
+  `config.dataset.val_fraction`, and then `train` means the rest (never the same examples twice).
+  A val_fraction of 0 keeps `train` whole.
+  """
+  source = dataset_config.source
+  val_fraction = dataset_config.val_fraction
+  if source == 'digits':
+    return load_digits_split(split, val_fraction)
+  if source.startswith('folder:'):
+    return load_folder_split(os.path.expanduser(source[len('folder:'):]), split, val_fraction)
+  if source.startswith('tfds:'):
+    return load_tfds_split(source[len('tfds:'):], split, dataset_config.data_dir or None,
+                           val_fraction)
+  raise ValueError(f"config.dataset.source '{source}' is not one of {SOURCE_KINDS}")
