@@ -1,0 +1,360 @@
+"""TrainState, the per-device train and eval steps, and the training loop.
+
+The steps are written pmap-style: each sees one device's slice of the batch and averages
+gradients, BatchNorm statistics and metrics over the mesh axis `batch` with `lax.pmean`.
+`DataParallel` maps that very function with `jax.shard_map` over a 1-D mesh of every device of
+every host (default) or with `jax.pmap` (`config.parallelism='pmap'`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from flax.training import train_state
+from jax import lax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from resnet_jax import data, optim
+from resnet_jax.checkpoint import Checkpointer
+from resnet_jax.config import check_config
+from resnet_jax.models import create_model
+
+AXIS = 'batch'
+
+
+class TrainState(train_state.TrainState):
+  batch_stats: Any
+
+
+# ---------------------------------------------------------------------------------------------
+# Data parallelism: one per-device function, mapped by shard_map (default) or pmap.
+
+
+@dataclasses.dataclass
+class DataParallel:
+  """How per-device functions are mapped over devices, and where their inputs live.
+
+  Arguments come in three kinds: 'state' (the same on every device: a replicated global array
+  under shard_map, a stacked [device, ...] array under pmap), 'batch' (split over devices along
+  the leading axis) and 'const' (a small value every device sees whole, such as a PRNG key).
+  `devices` defaults to every device of every host.
+  """
+  mode: str
+  devices: Sequence[jax.Device] | None = None
+
+  def __post_init__(self):
+    self.devices = list(jax.devices() if self.devices is None else self.devices)
+    self.local_devices = [d for d in self.devices if d.process_index == jax.process_index()]
+    self.mesh = Mesh(np.asarray(self.devices), (AXIS,)) if self.mode == 'shard_map' else None
+
+  def map(self, fn: Callable, kinds: tuple[str, ...], donate_state: bool = False) -> Callable:
+    donate = tuple(i for i, k in enumerate(kinds) if k == 'state') if donate_state else ()
+    if self.mode == 'pmap':
+      in_axes = tuple(None if k == 'const' else 0 for k in kinds)
+      return jax.pmap(fn, axis_name=AXIS, in_axes=in_axes, donate_argnums=donate,
+                      devices=self.devices)
+    specs = tuple(PartitionSpec(AXIS) if k == 'batch' else PartitionSpec() for k in kinds)
+    # check_vma=False keeps pmap's semantics: the gradient of a replicated parameter is this
+    # device's own (with vma checking, autodiff would psum it already and pmean would not average).
+    mapped = jax.shard_map(fn, mesh=self.mesh, in_specs=specs, out_specs=PartitionSpec(),
+                           check_vma=False)
+    return jax.jit(mapped, donate_argnums=donate)
+
+  def replicate(self, tree):
+    """One copy of a pytree -> the 'state' layout on every device."""
+    if self.mode == 'pmap':
+      n = len(self.local_devices)
+      return jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (n, *np.shape(x))), tree)
+    return jax.jit(lambda t: t, out_shardings=NamedSharding(self.mesh, PartitionSpec()))(tree)
+
+  def unreplicate(self, tree):
+    """The 'state' layout -> one copy (device arrays; fetch with jax.device_get)."""
+    if self.mode == 'pmap':
+      return jax.tree.map(lambda x: x[0], tree)
+    return tree
+
+  def shard_batch(self, batch: dict[str, np.ndarray]) -> dict:
+    """This process's slice of the global batch -> the 'batch' layout."""
+    return data.to_global(batch, self.mesh, len(self.local_devices))
+
+
+# ---------------------------------------------------------------------------------------------
+# The model, the state and the per-device steps.
+
+
+def build_model(config, num_classes: int):
+  """The registered model with the config's overrides (unset fields keep the model's default)."""
+  overrides = {k: v for k, v in config.model.items() if k not in ('name', 'sync_bn') and v is not None}
+  if config.model.sync_bn:
+    overrides['bn_axis_name'] = AXIS
+  dtype = jnp.bfloat16 if config.dtype == 'bfloat16' else jnp.float32
+  return create_model(config.model.name, num_classes=num_classes, dtype=dtype, **overrides)
+
+
+def initial_variables(model, rng: jax.Array, image_shape: tuple[int, ...]) -> dict:
+  """Parameters and BatchNorm statistics of a freshly initialized model (fp32)."""
+  variables = model.init({'params': rng}, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+  return {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})}
+
+
+def create_train_state(model, tx: optax.GradientTransformation, rng: jax.Array,
+                       image_shape: tuple[int, ...]) -> TrainState:
+  variables = initial_variables(model, rng, image_shape)
+  return TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
+                           batch_stats=variables['batch_stats'])
+
+
+def normalize(images: jax.Array, mean, std, dtype) -> jax.Array:
+  """uint8 images -> (x - mean) / std per channel, in the computation dtype, on device."""
+  mean = jnp.asarray(mean, jnp.float32)
+  std = jnp.asarray(std, jnp.float32)
+  return ((images.astype(jnp.float32) - mean) / std).astype(dtype)
+
+
+def cross_replica_mean(tree):
+  return lax.pmean(tree, AXIS)
+
+
+def train_step(state: TrainState, batch: dict, key: jax.Array, *, mean, std, dtype,
+               label_smoothing: float = 0.0):
+  """One SGD step on this device's slice of the global batch (call it under DataParallel.map)."""
+  # Randomness tree: run key -> step -> device -> purpose (GUIDE: fold_in(root, step)).
+  key = jax.random.fold_in(jax.random.fold_in(key, state.step), lax.axis_index(AXIS))
+  rngs = dict(zip(('dropout', 'drop_path'), jax.random.split(key)))
+  images = normalize(batch['image'], mean, std, dtype)
+  labels = batch['label']
+
+  def loss_fn(params):
+    logits, updates = state.apply_fn(
+        {'params': params, 'batch_stats': state.batch_stats}, images, train=True,
+        mutable=['batch_stats'], rngs=rngs)
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+    loss = optax.softmax_cross_entropy(logits.astype(jnp.float32), targets).mean()
+    return loss, (logits, updates.get('batch_stats', {}))
+
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  grads = cross_replica_mean(grads)
+  # The BN running averages are linear in each step's statistics, so averaging them every step
+  # equals averaging the per-device averages before eval/checkpoint: the state stays replicated.
+  batch_stats = cross_replica_mean(batch_stats)
+  new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  metrics = cross_replica_mean({
+      'loss': loss, 'accuracy': jnp.mean(jnp.argmax(logits, -1) == labels)})
+  return new_state, metrics
+
+
+def eval_step(state: TrainState, batch: dict, *, mean, std, dtype):
+  """Sums of loss, correct predictions and real examples over the global batch (mask-aware)."""
+  images = normalize(batch['image'], mean, std, dtype)
+  logits = state.apply_fn({'params': state.params, 'batch_stats': state.batch_stats}, images,
+                          train=False).astype(jnp.float32)
+  mask = batch['mask']
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label'])
+  correct = jnp.argmax(logits, -1) == batch['label']
+  return lax.psum({'loss': jnp.sum(loss * mask), 'correct': jnp.sum(correct * mask),
+                   'examples': jnp.sum(mask)}, AXIS)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop.
+
+
+@dataclasses.dataclass
+class Experiment:
+  """Everything a run builds from its config before the first step."""
+  config: Any
+  parallel: DataParallel
+  model: Any
+  train_split: data.Split | None
+  eval_split: data.Split
+  steps_per_epoch: int
+  total_steps: int
+  p_train_step: Callable
+  p_eval_step: Callable
+  state: Any  # In the parallel layout.
+
+
+def setup(config, *, train: bool = True) -> Experiment:
+  check_config(config)
+  parallel = DataParallel(config.parallelism)
+  d = config.dataset
+  eval_split = data.load_split(d, d.eval_split)
+  train_split = data.load_split(d, 'train') if train else None
+  data.pipeline.per_process_batch_size(config.batch_size)
+  num_train = len(train_split) if train else config.batch_size
+  steps_per_epoch = max(1, num_train // config.batch_size)
+  total_steps = max(1, int(round(config.num_epochs * steps_per_epoch)))
+  model = build_model(config, eval_split.num_classes)
+  tx = optim.create_optimizer(config, steps_per_epoch)
+  channels = eval_split.records[0]['image'].shape[-1]
+  image_shape = (d.image_size, d.image_size, channels)
+  if len(d.mean) not in (1, channels):
+    raise ValueError(f'config.dataset.mean has {len(d.mean)} values; the images have {channels} '
+                     'channels (give 1 or that many)')
+  root = jax.random.PRNGKey(config.seed)
+  init = functools.partial(create_train_state, model, tx, image_shape=image_shape)
+  if parallel.mode == 'pmap':
+    state = parallel.replicate(jax.device_get(jax.jit(init)(jax.random.fold_in(root, 0))))
+  else:
+    replicated = NamedSharding(parallel.mesh, PartitionSpec())
+    state = jax.jit(init, out_shardings=replicated)(jax.random.fold_in(root, 0))
+  dtype = model.dtype
+  norm = dict(mean=tuple(d.mean), std=tuple(d.std), dtype=dtype)
+  p_train = parallel.map(
+      functools.partial(train_step, label_smoothing=config.label_smoothing, **norm),
+      ('state', 'batch', 'const'), donate_state=True)
+  p_eval = parallel.map(functools.partial(eval_step, **norm), ('state', 'batch'))
+  return Experiment(config, parallel, model, train_split, eval_split, steps_per_epoch,
+                    total_steps, p_train, p_eval, state)
+
+
+def evaluate(exp: Experiment, state=None) -> dict:
+  """Accuracy and mean loss over every example of the eval split, exactly once."""
+  state = exp.state if state is None else state
+  d = exp.config.dataset
+  totals = None
+  for batch in data.eval_batches(exp.eval_split, global_batch_size=exp.config.batch_size,
+                                 augment=d.augment, image_size=d.image_size,
+                                 num_workers=d.num_workers):
+    sums = exp.p_eval_step(state, exp.parallel.shard_batch(batch))
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  totals = jax.device_get(exp.parallel.unreplicate(totals))
+  n = float(totals['examples'])
+  return {'split': d.eval_split, 'accuracy': float(totals['correct']) / n,
+          'loss': float(totals['loss']) / n, 'examples': int(n)}
+
+
+class MetricWriter:
+  """TensorBoard event files (tensorboardX: no TensorFlow needed), written by process 0 only."""
+
+  def __init__(self, workdir: str):
+    self.writer = None
+    if jax.process_index() == 0:
+      from tensorboardX import SummaryWriter
+      self.writer = SummaryWriter(logdir=workdir)
+
+  def write(self, step: int, scalars: dict[str, float]) -> None:
+    if self.writer:
+      for name, value in scalars.items():
+        self.writer.add_scalar(name, value, step)
+      self.writer.flush()
+
+  def close(self) -> None:
+    if self.writer:
+      self.writer.close()
+
+
+def write_results(workdir: str, results: dict) -> None:
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'results.json'), 'w') as f:
+      json.dump(results, f, indent=2)
+
+
+def _format_eta(seconds: float) -> str:
+  seconds = int(max(0, seconds))
+  return f'{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'
+
+
+def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
+  """Trains `config` in `workdir`, resuming from its latest checkpoint if there is one.
+
+  Evaluates on `config.dataset.eval_split` every `eval_every_epochs` and at the end, saves a
+  checkpoint every `checkpoint_every_steps` and at the end, and writes `results.json`.
+  `stop_at_step` halts early (as a preemption would) after saving a checkpoint there.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  exp = setup(config)
+  d = config.dataset
+  loader = data.make_train_loader(exp.train_split, global_batch_size=config.batch_size,
+                                  seed=config.seed, augment=d.augment, image_size=d.image_size,
+                                  num_workers=d.num_workers)
+  batches = iter(loader)
+  checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
+  state = exp.state
+  start = checkpointer.latest_step() or 0
+  if start:
+    state = exp.parallel.replicate(
+        checkpointer.restore(exp.parallel.unreplicate(state), batches))
+    logging.info('Resumed from %s at step %d.', checkpointer.manager.directory, start)
+  writer = MetricWriter(workdir)
+  train_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
+  schedule = optim.learning_rate_schedule(config, exp.steps_per_epoch)
+  end = exp.total_steps if stop_at_step is None else min(stop_at_step, exp.total_steps)
+  eval_every = max(1, int(round(config.eval_every_epochs * exp.steps_per_epoch)))
+  logging.info('Training %s on %s: %d examples, %d steps of %d (%d per epoch) on %d devices (%s).',
+               config.model.name, exp.train_split.name, len(exp.train_split), exp.total_steps,
+               config.batch_size, exp.steps_per_epoch, jax.device_count(), config.parallelism)
+
+  pending, last_eval = [], None
+  timer_start, timer_step = time.perf_counter(), start
+  for step in range(start + 1, end + 1):
+    batch = exp.parallel.shard_batch(next(batches))
+    state, metrics = exp.p_train_step(state, batch, train_key)
+    pending.append(metrics)
+    if step % config.log_every_steps == 0 or step == end:
+      summary = jax.device_get(exp.parallel.unreplicate(pending))
+      means = {k: float(np.mean([m[k] for m in summary])) for k in summary[0]}
+      if not np.isfinite(means['loss']):
+        raise FloatingPointError(f'loss is {means["loss"]} at step {step}; stopping before it '
+                                 'reaches a checkpoint (try a lower config.schedule.base_lr)')
+      elapsed = time.perf_counter() - timer_start
+      per_step = elapsed / (step - timer_step)
+      images_per_s = config.batch_size / per_step
+      logging.info('epoch %.2f/%g step %d/%d loss %.4f accuracy %.4f lr %.4g %.0f img/s ETA %s',
+                   step / exp.steps_per_epoch, config.num_epochs, step, exp.total_steps,
+                   means['loss'], means['accuracy'], float(schedule(step - 1)), images_per_s,
+                   _format_eta(per_step * (exp.total_steps - step)))
+      writer.write(step, {'train/loss': means['loss'], 'train/accuracy': means['accuracy'],
+                          'train/learning_rate': float(schedule(step - 1)),
+                          'train/images_per_second': images_per_s})
+      pending, timer_start, timer_step = [], time.perf_counter(), step
+    if step % eval_every == 0 or step == exp.total_steps:
+      last_eval = {**evaluate(exp, state), 'step': step}
+      logging.info('eval %s at step %d: accuracy %.4f loss %.4f (%d examples)', last_eval['split'],
+                   step, last_eval['accuracy'], last_eval['loss'], last_eval['examples'])
+      writer.write(step, {f'eval/{k}': last_eval[k] for k in ('accuracy', 'loss')})
+      timer_start, timer_step = time.perf_counter(), step
+    evaluated = last_eval is not None and last_eval['step'] == step
+    # Every evaluation is checkpointed too, so "the best by validation accuracy" can be kept.
+    if step % config.checkpoint_every_steps == 0 or step == end or evaluated:
+      checkpointer.save(step, exp.parallel.unreplicate(state), batches,
+                        metrics={'accuracy': last_eval['accuracy']} if evaluated else None)
+  checkpointer.wait()
+  checkpointer.close()
+  writer.close()
+  exp.state = state
+  if end < exp.total_steps:
+    return {'step': end}
+  if last_eval is None or last_eval['step'] != end:  # Resumed after the final step: evaluate.
+    last_eval = {**evaluate(exp, state), 'step': end}
+  write_results(workdir, last_eval)
+  logging.info('Final %s accuracy %.4f (loss %.4f, %d examples, step %d) -> %s',
+               last_eval['split'], last_eval['accuracy'], last_eval['loss'],
+               last_eval['examples'], end, os.path.join(workdir, 'results.json'))
+  return last_eval
+
+
+def evaluate_checkpoint(config, workdir: str) -> dict:
+  """`--mode=eval`: the latest checkpoint of `workdir` on `config.dataset.eval_split`."""
+  exp = setup(config, train=False)
+  checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
+  step = checkpointer.latest_step()
+  if step is None:
+    raise FileNotFoundError(f'no checkpoint to evaluate in {os.path.join(workdir, "checkpoints")}; '
+                            'train first, or pass the --workdir of a finished run')
+  state = checkpointer.restore(exp.parallel.unreplicate(exp.state))
+  checkpointer.close()
+  results = {**evaluate(exp, exp.parallel.replicate(state)), 'step': step}
+  write_results(workdir, results)
+  logging.info('Eval of step %d on %s: accuracy %.4f loss %.4f (%d examples)', step,
+               results['split'], results['accuracy'], results['loss'], results['examples'])
+  return results

@@ -1,0 +1,40 @@
+"""Test setup: eight host CPU devices so the data-parallel paths run for real."""
+import os
+
+# Must be set before jax is imported anywhere in the test session.
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pathlib  # noqa: E402
+import tarfile  # noqa: E402
+
+import pytest  # noqa: E402
+
+SHARED_DATA = pathlib.Path(
+    os.environ.get('RESNET_JAX_SHARED_DATA',
+                   pathlib.Path(__file__).resolve().parents[2] / 'shared' / 'data'))
+
+
+def extract_image_folder(archive: pathlib.Path, dest: pathlib.Path, per_class: int) -> pathlib.Path:
+  """The first `per_class` images of each class of a `train/<class>/<file>` tar.gz, on disk."""
+  if not archive.exists():
+    pytest.skip(f'{archive} not found (set RESNET_JAX_SHARED_DATA to the folder holding it)')
+  taken: dict[str, int] = {}
+  with tarfile.open(archive, 'r:gz') as tar:
+    for member in tar:
+      parts = member.name.split('/')
+      if not member.isfile() or len(parts) != 3:
+        continue
+      if taken.get(parts[1], 0) < per_class:
+        taken[parts[1]] = taken.get(parts[1], 0) + 1
+        tar.extract(member, dest, filter='data')
+  return dest
+
+
+@pytest.fixture(scope='session')
+def mnist_folder(tmp_path_factory) -> pathlib.Path:
+  """200 real MNIST PNGs per digit from ../shared/data, laid out as train/<class>/<image>."""
+  return extract_image_folder(SHARED_DATA / 'mnist-train-png.tar.gz',
+                              tmp_path_factory.mktemp('mnist'), per_class=200)
