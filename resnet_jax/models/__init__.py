@@ -1,0 +1,8 @@
+"""The model zoo: `create_model`, `list_models`, `model_spec`, `count_params`.
+
+Importing a family module registers its variants.
+"""
+from resnet_jax.models import lenet, resnet  # noqa: F401  (imported for their register(...) calls)
+from resnet_jax.models.registry import count_params, create_model, list_models, model_spec
+
+__all__ = ['count_params', 'create_model', 'list_models', 'model_spec']

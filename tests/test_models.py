@@ -1,0 +1,263 @@
+"""Tests of the model zoo: every registered model's shapes, exact parameter counts, options."""
+import functools
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from resnet_jax.models import count_params, create_model, layers, list_models, model_spec
+from resnet_jax.models.resnet import ResNet
+
+
+def _key(seed):
+  # unsafe_rbg: on CPU each threefry kernel takes ~1.5 s to compile per shape; values don't matter.
+  return jax.random.key(seed, impl='unsafe_rbg')
+
+
+RNGS = {'params': _key(0), 'dropout': _key(1)}
+SMALL = ['lenet5', 'cifar_resnet20', 'plain20', 'preact_resnet110']
+tree_leaves = jax.tree_util.tree_leaves
+
+
+def _input(name, batch=2, abstract=True):
+  spec = model_spec(name)
+  shape = (batch, spec['input_size'], spec['input_size'], spec['in_channels'])
+  if abstract:
+    return jax.ShapeDtypeStruct(shape, jnp.float32)
+  return jax.random.normal(jax.random.key(2), shape, jnp.float32)
+
+
+def _bn_scales(params):
+  """{'path/to/bn': scale} for every BatchNorm in a params tree."""
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  return {'/'.join(k.key for k in path[:-1]): v for path, v in flat if path[-1].key == 'scale'}
+
+
+def _abstract_init(model, x):
+  return jax.eval_shape(functools.partial(model.init, train=False), RNGS, x)
+
+
+@pytest.mark.parametrize('name', list_models())
+def test_every_model_abstract_forward(name):
+  """init + forward by shapes only, at the registered input size."""
+  depth = sum(model_spec(name)['kwargs'].get('stage_sizes', ()))
+  # The 1000+-layer nets scan their repeated units here only to keep the trace short; the
+  # per-unit layout of the same code is covered by the shallower variants.
+  overrides = {'scan_blocks': True} if depth > 200 else {}
+  model = create_model(name, num_classes=7, **overrides)
+  logits, variables = jax.eval_shape(
+      functools.partial(model.init_with_output, train=False), RNGS, _input(name))
+  assert logits.shape == (2, 7) and logits.dtype == jnp.float32
+  assert set(variables) <= {'params', 'batch_stats'}
+
+
+@pytest.mark.parametrize('name', SMALL)
+def test_small_models_real_forward(name):
+  model = create_model(name, num_classes=10)
+  x = _input(name, abstract=False)
+  variables = model.init(RNGS, x, train=False)
+  logits, updates = model.apply(variables, x, train=True, mutable=['batch_stats'], rngs=RNGS)
+  assert logits.shape == (2, 10) and np.isfinite(logits).all()
+  if 'batch_stats' in variables:  # LeNet has no BatchNorm
+    changed = jax.tree_util.tree_map(
+        lambda a, b: bool(jnp.any(a != b)), variables['batch_stats'], updates['batch_stats'])
+    assert all(tree_leaves(changed))
+  eval_logits = model.apply(variables, x, train=False)
+  assert eval_logits.shape == (2, 10) and np.isfinite(eval_logits).all()
+
+
+def test_scan_blocks_same_count_and_same_function():
+  for name in ['cifar_resnet20', 'preact_resnet164']:
+    assert count_params(name, scan_blocks=True) == count_params(name, scan_blocks=False)
+  # Restacking the per-unit variables gives the scanned net the same function, in both modes.
+  kwargs = dict(stage_sizes=(1, 3), widths=(16, 32), stem='cifar', num_classes=10)
+  x = _input('cifar_resnet20', abstract=False)
+  net, scan_net = ResNet(**kwargs), ResNet(**kwargs, scan_blocks=True)
+  unrolled = net.init(RNGS, x, train=False)
+
+  def restack(tree):
+    tree = dict(tree)
+    units = [tree.pop(f'stage1_block{j}') for j in (1, 2)]
+    tree['stage1_scan'] = {'unit': jax.tree_util.tree_map(lambda *a: jnp.stack(a), *units)}
+    return tree
+
+  scanned = {k: restack(v) for k, v in unrolled.items()}
+  assert (jax.tree_util.tree_structure(scanned)
+          == jax.tree_util.tree_structure(_abstract_init(scan_net, x)))
+  want, want_state = net.apply(unrolled, x, train=True, mutable=['batch_stats'])
+  got, got_state = scan_net.apply(scanned, x, train=True, mutable=['batch_stats'])
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  jax.tree_util.tree_map(
+      functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-6),
+      got_state['batch_stats'], restack(want_state['batch_stats']))
+  np.testing.assert_allclose(
+      scan_net.apply(scanned, x, train=False), net.apply(unrolled, x, train=False),
+      rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('name, expected', [
+    ('lenet5', 61_706),  # 10 classes, 1x32x32
+    ('resnet18', 11_689_512),  # torchvision
+    ('resnet34', 21_797_672),
+    ('resnet50', 25_557_032),
+    ('resnet101', 44_549_160),
+    ('resnet152', 60_192_808),
+    ('preact_resnet50', 25_549_352),  # timm resnetv2_50
+    ('preact_resnet101', 44_541_480),  # timm resnetv2_101
+])
+def test_exact_param_counts(name, expected):
+  num_classes = 10 if name == 'lenet5' else 1000
+  assert count_params(name, num_classes=num_classes) == expected
+
+
+@pytest.mark.parametrize('name, millions, digits', [
+    ('cifar_resnet20', 0.27, 2),  # He et al. 2015, Table 6
+    ('cifar_resnet56', 0.85, 2),
+    ('cifar_resnet110', 1.7, 1),
+    ('cifar_resnet1202', 19.4, 1),
+    ('preact_resnet164', 1.7, 1),  # He et al. 2016, Table 3
+])
+def test_paper_param_counts(name, millions, digits):
+  assert round(count_params(name, num_classes=10) / 1e6, digits) == millions
+
+
+def test_preact_resnet1001_count():
+  # He et al. 2016, Table 3 says 10.2M: that figure leaves out the BatchNorm scales and offsets
+  # (149,216 here); with them the net has 10.33M trainable parameters.
+  total = count_params('preact_resnet1001', num_classes=10)
+  assert total == 10_327_706
+  model = create_model('preact_resnet1001', num_classes=10, scan_blocks=True)
+  params = _abstract_init(model, _input('preact_resnet1001'))['params']
+  bn = 2 * sum(v.size for v in tree_leaves(_bn_scales(params)))  # scale + bias
+  assert bn == 149_216
+  assert round((total - bn) / 1e6, 1) == 10.2
+
+
+def test_count_params_is_instant_for_deepest():
+  for name in ['cifar_resnet1202', 'preact_resnet1001']:
+    start = time.perf_counter()
+    count_params(name, num_classes=100)  # a class count no other test uses: no cache hit
+    assert time.perf_counter() - start < 5.0  # ~0.3 s: shapes only, repeated units traced once
+
+
+def test_zero_init_residual():
+  x = _input('cifar_resnet20', abstract=False)
+  params = create_model('cifar_resnet20', num_classes=10).init(RNGS, x, train=False)['params']
+  scales = _bn_scales(params)
+  last = {k for k in scales if k.endswith('/bn2')}
+  assert len(last) == 9  # one per residual unit: 3 stages x 3
+  for k, v in scales.items():
+    assert bool(jnp.all(v == (0.0 if k in last else 1.0))), k
+
+  model = create_model('cifar_resnet20', num_classes=10, zero_init_residual=False)
+  scales = _bn_scales(model.init(RNGS, x, train=False)['params'])
+  assert all(bool(jnp.all(v == 1.0)) for v in scales.values())
+
+  plain = create_model('plain20', num_classes=10).init(RNGS, x, train=False)['params']
+  assert all(bool(jnp.all(v == 1.0)) for v in _bn_scales(plain).values())
+
+
+def test_shortcut_and_stride_options():
+  # Option B adds 1x1 projections + BN at the two stage transitions: 16*32 + 2*32 + 32*64 + 2*64.
+  assert count_params('cifar_resnet20', shortcut='B') - count_params('cifar_resnet20') == 2752
+  assert count_params('resnet50', stride_on_1x1=True) == count_params('resnet50')
+  assert count_params('plain20') == count_params('cifar_resnet20')  # option A has no parameters
+
+
+def test_bfloat16_activations_float32_params_and_logits():
+  model = create_model('cifar_resnet20', num_classes=10, dtype=jnp.bfloat16)
+  x = _input('cifar_resnet20')
+  variables = _abstract_init(model, x)
+  assert {v.dtype for v in tree_leaves(variables)} == {jnp.dtype(jnp.float32)}
+  apply = functools.partial(model.apply, train=True, mutable=['batch_stats', 'intermediates'],
+                            capture_intermediates=True)
+  logits, state = jax.eval_shape(apply, variables, x)
+  assert logits.dtype == jnp.float32
+  inter = state['intermediates']
+  assert inter['stem_conv']['__call__'][0].dtype == jnp.bfloat16
+  assert inter['stage2_block2']['__call__'][0].dtype == jnp.bfloat16
+  assert {v.dtype for v in tree_leaves(state['batch_stats'])} == {jnp.dtype(jnp.float32)}
+
+
+def test_sync_batchnorm_under_shard_map():
+  """bn_axis_name='batch': each shard (one example per device) sees whole-batch statistics."""
+  n = jax.device_count()
+  kwargs = dict(stage_sizes=(1, 1), widths=(4, 8), stem='cifar', num_classes=3)
+  x = jax.random.normal(jax.random.key(3), (n, 8, 8, 3))
+  # Jitted: one small compile each, instead of eager per-op compiles at new shapes.
+  variables = jax.jit(functools.partial(ResNet(**kwargs).init, train=False))(RNGS, x)
+  apply = functools.partial(ResNet(**kwargs).apply, train=True, mutable=['batch_stats'])
+  want, want_state = jax.jit(apply)(variables, x)
+
+  synced = ResNet(**kwargs, bn_axis_name='batch')
+  mesh = jax.make_mesh((n,), ('batch',))
+  step = jax.shard_map(
+      lambda v, xb: synced.apply(v, xb, train=True, mutable=['batch_stats']),
+      mesh=mesh, in_specs=(P(), P('batch')), out_specs=(P('batch'), P()))
+  got, got_state = jax.jit(step)(variables, jax.device_put(x, NamedSharding(mesh, P('batch'))))
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+  jax.tree_util.tree_map(
+      functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-5), got_state, want_state)
+
+
+def test_dropout_uses_named_stream():
+  model = create_model('lenet5', num_classes=10, dropout_rate=0.5)
+  x = _input('lenet5', abstract=False)
+  variables = model.init(RNGS, x, train=False)
+  a = model.apply(variables, x, train=True, rngs={'dropout': _key(4)})
+  b = model.apply(variables, x, train=True, rngs={'dropout': _key(5)})
+  assert not np.allclose(a, b)
+  np.testing.assert_array_equal(
+      model.apply(variables, x, train=False), model.apply(variables, x, train=False))
+
+
+def test_lenet_options():
+  x = _input('lenet5')
+  for overrides in [{'act': 'relu'}, {'pool': 'max'}]:
+    model = create_model('lenet5', num_classes=10, **overrides)
+    logits, _ = jax.eval_shape(functools.partial(model.init_with_output, train=False), RNGS, x)
+    assert logits.shape == (2, 10)
+
+
+def test_spec_and_list():
+  names = list_models()
+  assert names == sorted(names) and len(names) == len(set(names))
+  for name in ['lenet5', 'resnet50', 'cifar_resnet1202', 'plain110', 'preact_resnet1001']:
+    assert name in names
+  assert (model_spec('lenet5')['input_size'], model_spec('lenet5')['in_channels']) == (32, 1)
+  assert (model_spec('resnet50')['input_size'], model_spec('resnet50')['in_channels']) == (224, 3)
+  assert model_spec('cifar_resnet56')['input_size'] == 32
+
+
+def test_unknown_names_are_errors():
+  with pytest.raises(ValueError, match='resnet500'):
+    create_model('resnet500', num_classes=10)
+  with pytest.raises(ValueError, match='did you mean: resnet50'):
+    create_model('resnet500', num_classes=10)
+  with pytest.raises(ValueError, match='no_such_net'):
+    count_params('no_such_net')
+  with pytest.raises(ValueError, match='no_such_net'):
+    model_spec('no_such_net')
+  with pytest.raises(TypeError, match='widhts'):
+    create_model('resnet18', num_classes=10, widhts=(1, 2, 3, 4))
+  with pytest.raises(TypeError, match='widhts'):
+    count_params('resnet18', widhts=(1, 2, 3, 4))
+  with pytest.raises(ValueError, match='relu'):  # the message lists the valid names
+    layers.get_activation('swishy')
+  with pytest.raises(ValueError, match='kaiming'):
+    layers.get_kernel_init('he')
+  with pytest.raises(ValueError, match='batch'):
+    layers.make_norm('group', train=False)
+
+
+def test_activation_registry():
+  x = jnp.linspace(-2.0, 2.0, 5)
+  for name in ['relu', 'leaky_relu', 'elu', 'selu', 'tanh', 'sigmoid', 'gelu']:
+    assert layers.get_activation(name)(x).shape == (5,)
+  assert layers.make_norm('none', train=True)(x) is x
+  assert isinstance(layers.make_norm('batch', train=True), nn.BatchNorm)
