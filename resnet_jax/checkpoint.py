@@ -21,7 +21,10 @@ policies = ocp.checkpoint_managers
 
 
 def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), 'checkpoints')
+  """WORKDIR/checkpoints; a local workdir is made absolute (orbax wants that), a bucket is kept."""
+  if '://' not in workdir:
+    workdir = os.path.abspath(workdir)
+  return os.path.join(workdir, 'checkpoints')
 
 
 @jax.jit
@@ -58,7 +61,8 @@ class Checkpointer:
     tree = serialization.to_state_dict(state)
     if not bool(_all_finite(tree)):
       raise FloatingPointError(f'refusing to checkpoint step {step}: the train state holds NaN or '
-                               'Inf (try a lower config.schedule.base_lr); the last good checkpoint '
+                               'Inf (try a lower config.schedule.base_lr); the last good '
+                               'checkpoint '
                                'is kept')
     self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(tree), data=grain.checkpoint.CheckpointSave(data_iterator)),

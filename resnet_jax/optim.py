@@ -1,4 +1,4 @@
-"""Optax optimizers and learning-rate schedules built from `config.optimizer` and `config.schedule`."""
+"""Optax optimizers and learning-rate schedules from `config.optimizer` and `config.schedule`."""
 from __future__ import annotations
 
 import jax

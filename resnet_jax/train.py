@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import logging
+from etils import epath
 from flax.training import train_state
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -93,7 +94,8 @@ class DataParallel:
 
 def build_model(config, num_classes: int):
   """The registered model with the config's overrides (unset fields keep the model's default)."""
-  overrides = {k: v for k, v in config.model.items() if k not in ('name', 'sync_bn') and v is not None}
+  overrides = {k: v for k, v in config.model.items()
+               if k not in ('name', 'sync_bn') and v is not None}
   if config.model.sync_bn:
     overrides['bn_axis_name'] = AXIS
   dtype = jnp.bfloat16 if config.dtype == 'bfloat16' else jnp.float32
@@ -255,8 +257,7 @@ class MetricWriter:
 
 def write_results(workdir: str, results: dict) -> None:
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'results.json'), 'w') as f:
-      json.dump(results, f, indent=2)
+    (epath.Path(workdir) / 'results.json').write_text(json.dumps(results, indent=2))
 
 
 def _format_eta(seconds: float) -> str:
@@ -271,7 +272,7 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None)
   checkpoint every `checkpoint_every_steps` and at the end, and writes `results.json`.
   `stop_at_step` halts early (as a preemption would) after saving a checkpoint there.
   """
-  os.makedirs(workdir, exist_ok=True)
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # Local or a bucket (gs://...).
   exp = setup(config)
   d = config.dataset
   loader = data.make_train_loader(exp.train_split, global_batch_size=config.batch_size,

@@ -27,7 +27,7 @@ def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def pad_and_random_crop(image: np.ndarray, rng: np.random.Generator, size: int,
                         padding: int) -> np.ndarray:
-  """Zero-pad every side, then crop `size` x `size` at a random offset (He et al. 2015, Sec. 4.2)."""
+  """Zero-pad every side, then crop size x size at a random offset (He et al. 2015, Sec. 4.2)."""
   padded = np.pad(image, ((padding, padding), (padding, padding), (0, 0)))
   top = rng.integers(0, padded.shape[0] - size + 1)
   left = rng.integers(0, padded.shape[1] - size + 1)

@@ -2,7 +2,8 @@
 
 Each process reads its own shard of the indices (multi-host), decodes and augments in worker
 processes, batches its share of the global batch, and hands the batch to JAX as one global array
-sharded over the mesh axis `batch` (or, for `jax.pmap`, as a [local devices, per device, ...] array).
+sharded over the mesh axis `batch` (or, for `jax.pmap`, as a [local devices, per device, ...]
+array).
 """
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ def per_process_batch_size(global_batch_size: int) -> int:
   devices = jax.device_count()
   if global_batch_size % devices:
     raise ValueError(f'config.batch_size={global_batch_size} must be divisible by the number of '
-                     f'devices ({devices}); try {max(devices, global_batch_size // devices * devices)}')
+                     f'devices ({devices}); try '
+                     f'{max(devices, global_batch_size // devices * devices)}')
   return global_batch_size // jax.process_count()
 
 
@@ -83,7 +85,8 @@ def eval_batches(split: Split, *, global_batch_size: int, augment: str, image_si
     label = np.zeros((batch_size,), np.int32)
     if count:
       image[:count], label[:count] = batch['image'], batch['label']
-    yield {'image': image, 'label': label, 'mask': (np.arange(batch_size) < count).astype(np.float32)}
+    mask = (np.arange(batch_size) < count).astype(np.float32)
+    yield {'image': image, 'label': label, 'mask': mask}
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

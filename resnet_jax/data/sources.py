@@ -40,7 +40,8 @@ class ArraySource:
   def __getitem__(self, index: int) -> dict[str, Any]:
     return {'image': self.images[index], 'label': int(self.labels[index])}
 
-  def __repr__(self) -> str:  # Grain checks repr(source) when restoring an iterator: keep it stable.
+  # Grain checks repr(source) when it restores an iterator: keep it stable.
+  def __repr__(self) -> str:
     return f'ArraySource(images={self.images.shape}, labels={self.labels.shape})'
 
 
@@ -86,7 +87,7 @@ class TfdsSource:
 
 
 def holdout_indices(num_examples: int, fraction: float, split: str) -> np.ndarray:
-  """The deterministic train/validation carve: a fixed permutation, independent of the run's seed."""
+  """The deterministic train/validation carve: a fixed permutation, whatever the run's seed."""
   if not 0.0 < fraction < 1.0:
     raise ValueError(f'config.dataset.val_fraction must be in (0, 1) to carve a validation split, '
                      f'got {fraction}')
@@ -146,8 +147,8 @@ def load_digits_split(split: str, val_fraction: float) -> Split:
 def load_folder_split(root: str, split: str, val_fraction: float) -> Split:
   """An image folder `root/<split>/<class>/<image>`; class names sorted; PNG or JPEG."""
   if not os.path.isdir(root):
-    raise FileNotFoundError(f"config.dataset.source folder '{root}' does not exist; expected an image "
-                            'folder laid out as PATH/<split>/<class>/<image>.(png|jpg|jpeg)')
+    raise FileNotFoundError(f"config.dataset.source folder '{root}' does not exist; expected an "
+                            'image folder laid out as PATH/<split>/<class>/<image>.(png|jpg|jpeg)')
   available = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
   base_split, carve = _resolve(available, split, val_fraction)
   base = os.path.join(root, base_split)
