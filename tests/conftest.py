@@ -7,6 +7,11 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+from absl import flags  # noqa: E402
+
+# Grain reads its options from absl flags, as it would inside the absl app of resnet_jax.main.
+flags.FLAGS.mark_as_parsed()
+
 import pathlib  # noqa: E402
 import tarfile  # noqa: E402
 

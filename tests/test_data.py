@@ -151,3 +151,13 @@ def test_imagenet_crops_have_the_requested_size():
   assert center.shape == (224, 224, 3)
   with pytest.raises(ValueError, match='config.dataset.augment'):
     augment.TrainAugment('autoaugment', 224)
+
+
+def test_worker_processes_give_the_same_batches():
+  split = load_split(dataset_config(source='digits'), 'train')
+  make = lambda workers: iter(make_train_loader(split, global_batch_size=64, seed=3,
+                                                augment='cifar', image_size=16,
+                                                num_workers=workers))
+  in_process, by_workers = take(make(0), 4), take(make(2), 4)
+  for a, b in zip(in_process, by_workers):
+    assert np.array_equal(a['image'], b['image']) and np.array_equal(a['label'], b['label'])

@@ -1,9 +1,9 @@
 """Grain loading: index-based shuffled training batches and padded, masked evaluation batches.
 
-Each process reads its own shard of the indices (multi-host), decodes and augments in worker
-processes, batches its share of the global batch, and hands the batch to JAX as one global array
-sharded over the mesh axis `batch` (or, for `jax.pmap`, as a [local devices, per device, ...]
-array).
+Each process reads its own shard of the records (multi-host), decodes and augments them (in
+worker processes if asked), batches its share of the global batch, and hands the batch to JAX
+as one global array sharded over the mesh axis `batch` (or, for `jax.pmap`, as a
+[local devices, per device, ...] array).
 """
 from __future__ import annotations
 
@@ -29,33 +29,42 @@ def per_process_batch_size(global_batch_size: int) -> int:
   return global_batch_size // jax.process_count()
 
 
-def _read_options(num_workers: int) -> grain.ReadOptions:
-  """In-process loading is fastest without Grain's reader threads (they contend for the GIL);
-  worker processes keep the default threads, which overlap file reads."""
-  return grain.ReadOptions(num_threads=0, prefetch_buffer_size=0) if num_workers == 0 else None
+def _records_of_this_process(split: Split, equal_shards: bool) -> grain.MapDataset:
+  """This host's share of the records (every process_count-th); `equal_shards` drops the few
+  that would make shards differ in length, so every host runs the same number of steps."""
+  count, index = jax.process_count(), jax.process_index()
+  records = grain.MapDataset.source(split.records)
+  if equal_shards:
+    records = records[:len(split) // count * count]
+  return records[index::count]
+
+
+def _to_iter(dataset: grain.MapDataset, num_workers: int) -> grain.IterDataset:
+  """Reads in this process (no reader threads: they only contend for the GIL on small records)
+  or in `num_workers` processes, each producing whole batches, so batches do not depend on it."""
+  if num_workers == 0:
+    return dataset.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
+  workers = grain.MultiprocessingOptions(num_workers=num_workers)
+  return dataset.to_iter_dataset().mp_prefetch(workers)
 
 
 def make_train_loader(split: Split, *, global_batch_size: int, seed: int, augment: str,
-                      image_size: int, num_workers: int) -> grain.DataLoader:
-  """An endless, reshuffled-every-epoch stream of training batches from `split`.
+                      image_size: int, num_workers: int) -> grain.IterDataset:
+  """An endless stream of training batches from `split`, reshuffled every epoch.
 
-  The sampler orders example indices from `seed` alone, and Grain seeds each example's
-  augmentation from `seed` and its position in that order, so iterator state (saved in every
-  checkpoint) is all it takes to resume exactly.
+  Batch k is a pure function of (seed, k): the shuffle is an index permutation from `seed` and
+  each example's augmentation is seeded from `seed` and its position, whatever the number of
+  workers. `iter()` gives an iterator whose `get_state()` is saved in every checkpoint.
   """
   batch_size = per_process_batch_size(global_batch_size)
   if len(split) < global_batch_size:
     raise ValueError(f'{split.name} has {len(split)} examples, fewer than config.batch_size='
                      f'{global_batch_size}')
-  sampler = grain.samplers.IndexSampler(
-      num_records=len(split),
-      shard_options=grain.sharding.ShardByJaxProcess(drop_remainder=True),
-      shuffle=True, num_epochs=None, seed=seed)
-  return grain.DataLoader(
-      data_source=split.records, sampler=sampler, worker_count=num_workers,
-      read_options=_read_options(num_workers),
-      operations=[TrainAugment(augment, image_size),
-                  grain.transforms.Batch(batch_size, drop_remainder=True)])
+  dataset = (_records_of_this_process(split, equal_shards=True)
+             .seed(seed).shuffle().repeat(None)
+             .random_map(TrainAugment(augment, image_size))
+             .batch(batch_size, drop_remainder=True))
+  return _to_iter(dataset, num_workers)
 
 
 def eval_batches(split: Split, *, global_batch_size: int, augment: str, image_size: int,
@@ -67,17 +76,11 @@ def eval_batches(split: Split, *, global_batch_size: int, augment: str, image_si
   """
   batch_size = per_process_batch_size(global_batch_size)
   preprocess = EvalPreprocess(augment, image_size)
-  sampler = grain.samplers.IndexSampler(
-      num_records=len(split),
-      shard_options=grain.sharding.ShardByJaxProcess(drop_remainder=False),
-      shuffle=False, num_epochs=1)
-  loader = grain.DataLoader(
-      data_source=split.records, sampler=sampler, worker_count=num_workers,
-      read_options=_read_options(num_workers),
-      operations=[preprocess, grain.transforms.Batch(batch_size, drop_remainder=False)])
+  dataset = (_records_of_this_process(split, equal_shards=False)
+             .map(preprocess).batch(batch_size, drop_remainder=False))
   num_batches = math.ceil(math.ceil(len(split) / jax.process_count()) / batch_size)
   image_shape = preprocess.map(split.records[0])['image'].shape
-  batches = iter(loader)
+  batches = iter(_to_iter(dataset, num_workers))
   for _ in range(num_batches):
     batch = next(batches, None)
     count = 0 if batch is None else len(batch['label'])
