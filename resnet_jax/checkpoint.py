@@ -7,6 +7,8 @@ non-finite state is refused before anything is written.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 from typing import Any
 
@@ -15,7 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 from flax import serialization
+from jax.experimental import multihost_utils
 
 policies = ocp.checkpoint_managers
 
@@ -36,17 +40,22 @@ def _all_finite(tree) -> jax.Array:
 
 
 class Checkpointer:
-  """Keeps the latest `keep` checkpoints plus the best one by validation accuracy."""
+  """Keeps the latest `keep` checkpoints plus the best one by validation accuracy.
 
-  def __init__(self, workdir: str, *, keep: int):
+  `fallback=True`: when the latest checkpoint cannot be read, resume from the newest one that can.
+  """
+
+  def __init__(self, workdir: str, *, keep: int, fallback: bool = False):
     if keep < 1:
       raise ValueError(f'config.keep_checkpoints must be >= 1, got {keep}')
+    self.fallback = fallback
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policies.AnyPreservationPolicy([
             policies.LatestN(n=keep),
             policies.BestN(get_metric_fn=lambda m: m['accuracy'], n=1,
                            keep_checkpoints_without_metrics=False),
         ]),
+        cleanup_tmp_directories=True,  # Leftovers of a save cut short by a kill.
         create=True)
     self.manager = ocp.CheckpointManager(
         checkpoint_dir(workdir), options=options,
@@ -56,43 +65,130 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
+  def path(self, step: int) -> str:
+    return os.path.join(str(self.manager.directory), str(step))
+
   def save(self, step: int, state: Any, data_iterator, metrics: dict | None = None) -> None:
     """Saves `state` (host-local or fully replicated arrays) and the iterator position."""
     tree = serialization.to_state_dict(state)
     if not bool(_all_finite(tree)):
       raise FloatingPointError(f'refusing to checkpoint step {step}: the train state holds NaN or '
                                'Inf (try a lower config.schedule.base_lr); the last good '
-                               'checkpoint '
-                               'is kept')
-    self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(tree), data=grain.checkpoint.CheckpointSave(data_iterator)),
-        metrics=metrics)
+                               'checkpoint is kept')
+    with self._explain_disk_full(step):
+      self.manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(tree), data=grain.checkpoint.CheckpointSave(data_iterator)),
+          metrics=metrics)
 
-  def restore(self, state: Any, data_iterator=None, step: int | None = None) -> Any:
-    """The saved state shaped (and sharded) like `state`; also rewinds `data_iterator` if given."""
-    step = self.manager.latest_step() if step is None else step
+  def restore(self, state: Any, data_iterator=None) -> tuple[Any, int]:
+    """(the newest readable saved state, shaped and sharded like `state`; its step).
+
+    Also rewinds `data_iterator` when given. A checkpoint of another model is an error naming
+    the first parameter that differs; an unreadable one is an error naming it, unless
+    `fallback`, which then tries the older checkpoints, newest first.
+    """
     target = serialization.to_state_dict(state)
-    args = {'state': ocp.args.StandardRestore(target)}
-    if data_iterator is not None:
-      args['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
-    restored = self.manager.restore(step, args=ocp.args.Composite(**args))
-    return serialization.from_state_dict(state, restored['state'])
+    steps = sorted(self.manager.all_steps(), reverse=True)
+    for i, step in enumerate(steps):
+      try:
+        saved = self.manager.item_metadata(step)['state']
+      except Exception as e:  # Orbax raises many kinds for a damaged directory.
+        error = e
+      else:
+        _check_same_structure(target, saved, self.path(step))
+        args = {'state': ocp.args.StandardRestore(target)}
+        if data_iterator is not None:
+          args['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
+        try:
+          restored = self.manager.restore(step, args=ocp.args.Composite(**args))
+        except Exception as e:
+          error = e
+        else:
+          self._set_aside(steps[:i])
+          return serialization.from_state_dict(state, restored['state']), step
+      older = steps[i + 1] if i + 1 < len(steps) else None
+      if not self.fallback:
+        hint = (f'set --config.restore_fallback=true to resume from step {older}' if older
+                else 'no older checkpoint to fall back to; remove it to start afresh')
+        raise ValueError(f'checkpoint {self.path(step)} cannot be read '
+                         f'({type(error).__name__}: {error}); {hint}') from error
+      logging.warning('checkpoint %s cannot be read (%s: %s); falling back to the one before',
+                      self.path(step), type(error).__name__, error)
+    raise FileNotFoundError(f'no readable checkpoint in {self.manager.directory}')
+
+  def _set_aside(self, unreadable: list[int]) -> None:
+    """Renames checkpoints we fell back from to STEP.unreadable (kept for a look, never loaded),
+    so that training can write those steps again."""
+    if not unreadable:
+      return
+    if jax.process_index() == 0:
+      for step in unreadable:
+        os.rename(self.path(step), self.path(step) + '.unreadable')
+    multihost_utils.sync_global_devices('resnet_jax: set aside unreadable checkpoints')
+    self.manager.reload()
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    with self._explain_disk_full(None):
+      self.manager.wait_until_finished()
 
   def close(self) -> None:
     self.manager.close()
 
+  @contextlib.contextmanager
+  def _explain_disk_full(self, step: int | None):
+    """Turns a full disk, however deep orbax or tensorstore reports it, into one clear error."""
+    try:
+      yield
+    except Exception as e:
+      if not _is_disk_full(e):
+        raise
+      where = f'step {step}' if step is not None else 'a checkpoint'
+      raise OSError(errno.ENOSPC, f'disk full while saving {where} in {self.manager.directory}; '
+                    f'the previous checkpoint (step {self.manager.latest_step()}) is intact. '
+                    'Free space or point --workdir elsewhere, then restart to resume.') from e
+
+
+def _is_disk_full(error: BaseException | None) -> bool:
+  while error is not None:
+    if getattr(error, 'errno', None) == errno.ENOSPC or 'No space left' in str(error):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
+def _check_same_structure(target: dict, saved, path: str) -> None:
+  """Names the first parameter whose name or shape differs between the model and checkpoint."""
+  want = {jax.tree_util.keystr(k): np.shape(v)
+          for k, v in jax.tree_util.tree_flatten_with_path(target)[0]}
+  have = {jax.tree_util.keystr(k): tuple(getattr(v, 'shape', ()) or ())
+          for k, v in jax.tree_util.tree_flatten_with_path(saved)[0]}
+  for name, shape in want.items():
+    if name not in have:
+      raise ValueError(f'checkpoint {path} was written for another model or optimizer: it has no '
+                       f'{name} (shape {shape} here)')
+    if tuple(have[name]) != tuple(shape):
+      raise ValueError(f'checkpoint {path} was written for another model: {name} has shape '
+                       f'{tuple(have[name])} there and {tuple(shape)} here')
+  extra = sorted(set(have) - set(want))
+  if extra:
+    raise ValueError(f'checkpoint {path} was written for another model: it has {extra[0]}, '
+                     'which this model does not')
+
 
 def load_state_tree(workdir: str, step: int | None = None) -> dict:
-  """The raw saved state (NumPy arrays) of a workdir's latest (or given) checkpoint."""
+  """The raw saved state of a workdir's latest (or given) checkpoint, as host NumPy arrays.
+
+  Works whatever topology saved it (any number of hosts and devices).
+  """
   manager = ocp.CheckpointManager(
       checkpoint_dir(workdir), options=ocp.CheckpointManagerOptions(read_only=True),
-      item_handlers={'state': ocp.StandardCheckpointHandler()})
+      item_handlers={'state': ocp.PyTreeCheckpointHandler()})
   step = manager.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f'no checkpoint in {checkpoint_dir(workdir)}')
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  metadata = manager.item_metadata(step)['state']
+  as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata)
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.PyTreeRestore(restore_args=as_numpy)))
   manager.close()
-  return jax.tree.map(np.asarray, restored['state'])
+  return restored['state']

@@ -39,6 +39,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.dataset.mean = (127.5,)  # Per channel, on the 0..255 scale; one value broadcasts.
   c.dataset.std = (127.5,)
   c.dataset.num_workers = 0  # Grain worker processes for decoding and augmentation.
+  c.dataset.skip_corrupt = False  # Image folders: check every file first, drop and count bad ones.
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = 'sgd'  # 'sgd' | 'adamw'
@@ -60,6 +61,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   c.log_every_steps = 50
   c.eval_every_epochs = 1.0
+  c.restore_fallback = False  # Latest checkpoint unreadable: resume from the newest good one.
+  c.skip_nonfinite = False  # Drop (and count) updates whose loss or gradient is NaN/Inf.
   c.lock()
   return c
 

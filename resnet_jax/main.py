@@ -22,7 +22,13 @@ _MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval'],
                           "the workdir's latest checkpoint on config.dataset.eval_split.")
 _MULTIHOST = flags.DEFINE_bool('multihost', False,
                                'Call jax.distributed.initialize() first (Cloud TPU pods, several '
-                               'GPU hosts); launch.sh sets it for pods.')
+                               'GPU hosts); launch.sh sets it for pods, where the cluster is '
+                               'detected automatically.')
+_COORDINATOR = flags.DEFINE_string('coordinator_address', None,
+                                   'With --multihost where no cluster is detected: host:port of '
+                                   'process 0.')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'With --coordinator_address.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'With --coordinator_address.')
 flags.mark_flags_as_required(['workdir'])
 
 
@@ -38,7 +44,8 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]} (config fields go as --config.a.b=V)')
   logging.get_absl_handler().addFilter(_QuietLibraries())
   if _MULTIHOST.value:
-    jax.distributed.initialize()
+    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                               num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
   if jax.process_index() != 0:
     logging.set_verbosity(logging.WARNING)  # Logs from process 0 only.
   from resnet_jax import train  # After distributed init: importing builds nothing on devices.

@@ -11,6 +11,8 @@ import dataclasses
 import functools
 import json
 import os
+import signal
+import threading
 import time
 from typing import Any, Callable, Sequence
 
@@ -22,18 +24,20 @@ from absl import logging
 from etils import epath
 from flax.training import train_state
 from jax import lax
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from resnet_jax import data, optim
 from resnet_jax.checkpoint import Checkpointer
 from resnet_jax.config import check_config
-from resnet_jax.models import create_model
+from resnet_jax.models import create_model, model_spec
 
 AXIS = 'batch'
 
 
 class TrainState(train_state.TrainState):
   batch_stats: Any
+  skipped_steps: Any = 0  # Updates dropped for a non-finite loss or gradient (skip_nonfinite).
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,7 +116,8 @@ def create_train_state(model, tx: optax.GradientTransformation, rng: jax.Array,
                        image_shape: tuple[int, ...]) -> TrainState:
   variables = initial_variables(model, rng, image_shape)
   return TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
-                           batch_stats=variables['batch_stats'])
+                           batch_stats=variables['batch_stats'],
+                           skipped_steps=jnp.zeros((), jnp.int32))
 
 
 def normalize(images: jax.Array, mean, std, dtype) -> jax.Array:
@@ -127,7 +132,7 @@ def cross_replica_mean(tree):
 
 
 def train_step(state: TrainState, batch: dict, key: jax.Array, *, mean, std, dtype,
-               label_smoothing: float = 0.0):
+               label_smoothing: float = 0.0, skip_nonfinite: bool = False):
   """One SGD step on this device's slice of the global batch (call it under DataParallel.map)."""
   # Randomness tree: run key -> step -> device -> purpose (GUIDE: fold_in(root, step)).
   key = jax.random.fold_in(jax.random.fold_in(key, state.step), lax.axis_index(AXIS))
@@ -148,9 +153,16 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, *, mean, std, dty
   # The BN running averages are linear in each step's statistics, so averaging them every step
   # equals averaging the per-device averages before eval/checkpoint: the state stays replicated.
   batch_stats = cross_replica_mean(batch_stats)
-  new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
   metrics = cross_replica_mean({
       'loss': loss, 'accuracy': jnp.mean(jnp.argmax(logits, -1) == labels)})
+  metrics['grad_norm'] = optax.tree.norm(grads)
+  finite = jnp.isfinite(metrics['loss']) & jnp.isfinite(metrics['grad_norm'])
+  new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  if skip_nonfinite:  # Keep the old weights, still advance the step (and so the data).
+    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+    new_state = new_state.replace(step=state.step + 1,
+                                  skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32))
+  metrics['skipped_steps'] = new_state.skipped_steps
   return new_state, metrics
 
 
@@ -204,6 +216,13 @@ def setup(config, *, train: bool = True) -> Experiment:
                      'channels (give 1 or that many)')
   root = jax.random.PRNGKey(config.seed)
   init = functools.partial(create_train_state, model, tx, image_shape=image_shape)
+  try:  # Shapes only: a model that cannot take this input fails here, before compiling.
+    jax.eval_shape(init, root)
+  except Exception as e:
+    raise ValueError(
+        f'model {config.model.name} cannot take {image_shape} images (config.dataset.image_size='
+        f'{d.image_size}; it was registered for {model_spec(config.model.name)["input_size"]}): '
+        f'{type(e).__name__}: {e}') from e
   if parallel.mode == 'pmap':
     state = parallel.replicate(jax.device_get(jax.jit(init)(jax.random.fold_in(root, 0))))
   else:
@@ -212,7 +231,8 @@ def setup(config, *, train: bool = True) -> Experiment:
   dtype = model.dtype
   norm = dict(mean=tuple(d.mean), std=tuple(d.std), dtype=dtype)
   p_train = parallel.map(
-      functools.partial(train_step, label_smoothing=config.label_smoothing, **norm),
+      functools.partial(train_step, label_smoothing=config.label_smoothing,
+                        skip_nonfinite=config.skip_nonfinite, **norm),
       ('state', 'batch', 'const'), donate_state=True)
   p_eval = parallel.map(functools.partial(eval_step, **norm), ('state', 'batch'))
   return Experiment(config, parallel, model, train_split, eval_split, steps_per_epoch,
@@ -265,12 +285,52 @@ def _format_eta(seconds: float) -> str:
   return f'{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'
 
 
+class Preemption:
+  """Notices SIGTERM (a preemption notice, `kill`, a scheduler's stop) between steps.
+
+  One process: our own handler sets a flag. Several: JAX's preemption service (started by
+  jax.distributed.initialize) agrees on one step at which every process stops.
+  """
+
+  def __init__(self):
+    self.requested = False
+    self.multihost = jax.process_count() > 1
+    if not self.multihost and threading.current_thread() is threading.main_thread():
+      self.previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    self.requested = True
+
+  def reached(self, step: int) -> bool:
+    if self.multihost:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self.requested
+
+  def close(self) -> None:
+    if not self.multihost and hasattr(self, 'previous'):
+      signal.signal(signal.SIGTERM, self.previous)
+
+
+def check_finite(step_metrics: list[tuple[int, dict]], skip_nonfinite: bool) -> None:
+  """Stops at the first step whose loss or gradient norm is NaN or Inf, naming both."""
+  if skip_nonfinite:
+    return
+  for step, metrics in step_metrics:
+    for name in ('loss', 'grad_norm'):
+      if not np.isfinite(metrics[name]):
+        raise FloatingPointError(
+            f'{name} is {metrics[name]} at step {step}; stopped before it reached a checkpoint '
+            '(the last good one is kept). Try a lower config.schedule.base_lr, or set '
+            'config.skip_nonfinite=true to drop such updates and count them.')
+
+
 def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
   """Trains `config` in `workdir`, resuming from its latest checkpoint if there is one.
 
   Evaluates on `config.dataset.eval_split` every `eval_every_epochs` and at the end, saves a
-  checkpoint every `checkpoint_every_steps` and at the end, and writes `results.json`.
-  `stop_at_step` halts early (as a preemption would) after saving a checkpoint there.
+  checkpoint every `checkpoint_every_steps`, at every evaluation and at the end, and writes
+  `results.json`. On SIGTERM, or at `stop_at_step`, it saves a checkpoint and returns early
+  (`{'step': ..., 'preempted': True}`); the next call resumes exactly there.
   """
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # Local or a bucket (gs://...).
   exp = setup(config)
@@ -279,14 +339,15 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None)
                                   seed=config.seed, augment=d.augment, image_size=d.image_size,
                                   num_workers=d.num_workers)
   batches = iter(loader)
-  checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
-  state = exp.state
-  start = checkpointer.latest_step() or 0
-  if start:
-    state = exp.parallel.replicate(
-        checkpointer.restore(exp.parallel.unreplicate(state), batches))
+  checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints,
+                              fallback=config.restore_fallback)
+  state, start = exp.state, 0
+  if checkpointer.latest_step() is not None:
+    restored, start = checkpointer.restore(exp.parallel.unreplicate(state), batches)
+    state = exp.parallel.replicate(restored)
     logging.info('Resumed from %s at step %d.', checkpointer.manager.directory, start)
   writer = MetricWriter(workdir)
+  preemption = Preemption()
   train_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
   schedule = optim.learning_rate_schedule(config, exp.steps_per_epoch)
   end = exp.total_steps if stop_at_step is None else min(stop_at_step, exp.total_steps)
@@ -295,46 +356,63 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None)
                config.model.name, exp.train_split.name, len(exp.train_split), exp.total_steps,
                config.batch_size, exp.steps_per_epoch, jax.device_count(), config.parallelism)
 
-  pending, last_eval = [], None
+  pending, window, last_eval, step = [], [], None, start
   timer_start, timer_step = time.perf_counter(), start
-  for step in range(start + 1, end + 1):
-    batch = exp.parallel.shard_batch(next(batches))
-    state, metrics = exp.p_train_step(state, batch, train_key)
-    pending.append(metrics)
-    if step % config.log_every_steps == 0 or step == end:
-      summary = jax.device_get(exp.parallel.unreplicate(pending))
-      means = {k: float(np.mean([m[k] for m in summary])) for k in summary[0]}
-      if not np.isfinite(means['loss']):
-        raise FloatingPointError(f'loss is {means["loss"]} at step {step}; stopping before it '
-                                 'reaches a checkpoint (try a lower config.schedule.base_lr)')
-      elapsed = time.perf_counter() - timer_start
-      per_step = elapsed / (step - timer_step)
-      images_per_s = config.batch_size / per_step
-      logging.info('epoch %.2f/%g step %d/%d loss %.4f accuracy %.4f lr %.4g %.0f img/s ETA %s',
-                   step / exp.steps_per_epoch, config.num_epochs, step, exp.total_steps,
-                   means['loss'], means['accuracy'], float(schedule(step - 1)), images_per_s,
-                   _format_eta(per_step * (exp.total_steps - step)))
-      writer.write(step, {'train/loss': means['loss'], 'train/accuracy': means['accuracy'],
-                          'train/learning_rate': float(schedule(step - 1)),
-                          'train/images_per_second': images_per_s})
-      pending, timer_start, timer_step = [], time.perf_counter(), step
-    if step % eval_every == 0 or step == exp.total_steps:
-      last_eval = {**evaluate(exp, state), 'step': step}
-      logging.info('eval %s at step %d: accuracy %.4f loss %.4f (%d examples)', last_eval['split'],
-                   step, last_eval['accuracy'], last_eval['loss'], last_eval['examples'])
-      writer.write(step, {f'eval/{k}': last_eval[k] for k in ('accuracy', 'loss')})
-      timer_start, timer_step = time.perf_counter(), step
-    evaluated = last_eval is not None and last_eval['step'] == step
-    # Every evaluation is checkpointed too, so "the best by validation accuracy" can be kept.
-    if step % config.checkpoint_every_steps == 0 or step == end or evaluated:
-      checkpointer.save(step, exp.parallel.unreplicate(state), batches,
-                        metrics={'accuracy': last_eval['accuracy']} if evaluated else None)
-  checkpointer.wait()
-  checkpointer.close()
-  writer.close()
+  try:
+    for step in range(start + 1, end + 1):
+      batch = exp.parallel.shard_batch(next(batches))
+      state, metrics = exp.p_train_step(state, batch, train_key)
+      pending.append((step, metrics))
+      preempted = preemption.reached(step)
+      log_now = step % config.log_every_steps == 0 or step == end
+      eval_now = step % eval_every == 0 or step == exp.total_steps
+      save_now = step % config.checkpoint_every_steps == 0 or step == end or eval_now or preempted
+      if not (log_now or eval_now or save_now):
+        continue
+      # Fetch this interval's metrics (one host sync), and refuse to go on with a bad step.
+      fetched = jax.device_get(exp.parallel.unreplicate([m for _, m in pending]))
+      check_finite([(s, m) for (s, _), m in zip(pending, fetched)], config.skip_nonfinite)
+      window += fetched
+      pending = []
+      if log_now:
+        means = {k: float(np.mean([m[k] for m in window])) for k in ('loss', 'accuracy')}
+        skipped = int(window[-1]['skipped_steps'])
+        per_step = (time.perf_counter() - timer_start) / (step - timer_step)
+        lr = float(schedule(step - 1))
+        logging.info('epoch %.2f/%g step %d/%d loss %.4f accuracy %.4f lr %.4g %.0f img/s ETA %s%s',
+                     step / exp.steps_per_epoch, config.num_epochs, step, exp.total_steps,
+                     means['loss'], means['accuracy'], lr, config.batch_size / per_step,
+                     _format_eta(per_step * (exp.total_steps - step)),
+                     f' skipped {skipped} non-finite steps' if skipped else '')
+        writer.write(step, {'train/loss': means['loss'], 'train/accuracy': means['accuracy'],
+                            'train/learning_rate': lr,
+                            'train/grad_norm': float(np.mean([m['grad_norm'] for m in window])),
+                            'train/skipped_steps': skipped,
+                            'train/images_per_second': config.batch_size / per_step})
+        window, timer_start, timer_step = [], time.perf_counter(), step
+      if eval_now:
+        last_eval = {**evaluate(exp, state), 'step': step}
+        logging.info('eval %s at step %d: accuracy %.4f loss %.4f (%d examples)',
+                     last_eval['split'], step, last_eval['accuracy'], last_eval['loss'],
+                     last_eval['examples'])
+        writer.write(step, {f'eval/{k}': last_eval[k] for k in ('accuracy', 'loss')})
+        timer_start, timer_step = time.perf_counter(), step
+      if save_now:
+        # Every evaluation is checkpointed with its accuracy, so the best one can be kept.
+        checkpointer.save(step, exp.parallel.unreplicate(state), batches,
+                          metrics={'accuracy': last_eval['accuracy']} if eval_now else None)
+      if preempted:
+        logging.warning('SIGTERM: saved a checkpoint at step %d; a restart resumes there.', step)
+        end = step
+        break
+    checkpointer.wait()
+  finally:
+    preemption.close()
+    writer.close()
+    checkpointer.close()
   exp.state = state
   if end < exp.total_steps:
-    return {'step': end}
+    return {'step': end, 'preempted': True}
   if last_eval is None or last_eval['step'] != end:  # Resumed after the final step: evaluate.
     last_eval = {**evaluate(exp, state), 'step': end}
   write_results(workdir, last_eval)
@@ -347,12 +425,12 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None)
 def evaluate_checkpoint(config, workdir: str) -> dict:
   """`--mode=eval`: the latest checkpoint of `workdir` on `config.dataset.eval_split`."""
   exp = setup(config, train=False)
-  checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
-  step = checkpointer.latest_step()
-  if step is None:
+  checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints,
+                              fallback=config.restore_fallback)
+  if checkpointer.latest_step() is None:
     raise FileNotFoundError(f'no checkpoint to evaluate in {os.path.join(workdir, "checkpoints")}; '
                             'train first, or pass the --workdir of a finished run')
-  state = checkpointer.restore(exp.parallel.unreplicate(exp.state))
+  state, step = checkpointer.restore(exp.parallel.unreplicate(exp.state))
   checkpointer.close()
   results = {**evaluate(exp, exp.parallel.replicate(state)), 'step': step}
   write_results(workdir, results)

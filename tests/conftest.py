@@ -13,6 +13,8 @@ from absl import flags  # noqa: E402
 flags.FLAGS.mark_as_parsed()
 
 import pathlib  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 import tarfile  # noqa: E402
 
 import pytest  # noqa: E402
@@ -43,3 +45,21 @@ def mnist_folder(tmp_path_factory) -> pathlib.Path:
   """200 real MNIST PNGs per digit from ../shared/data, laid out as train/<class>/<image>."""
   return extract_image_folder(SHARED_DATA / 'mnist-train-png.tar.gz',
                               tmp_path_factory.mktemp('mnist'), per_class=200)
+
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def main_process(*args: str, devices: int = 1, **popen) -> subprocess.Popen:
+  """`python -m resnet_jax.main ARGS` in a child process on `devices` host CPU devices."""
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+  return subprocess.Popen([sys.executable, '-m', 'resnet_jax.main', *args], cwd=REPO, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **popen)
+
+
+def run_main(*args: str, timeout: float = 300, devices: int = 1) -> subprocess.CompletedProcess:
+  """Runs the main job to its end; returns its exit code and log (stderr)."""
+  process = main_process(*args, devices=devices)
+  _, stderr = process.communicate(timeout=timeout)
+  return subprocess.CompletedProcess(process.args, process.returncode, '', stderr)

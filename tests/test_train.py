@@ -2,20 +2,17 @@
 import functools
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import run_main
 
 from resnet_jax import checkpoint, optim, train
 from resnet_jax.config import base_config
 from resnet_jax.data import load_split
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def make_config(**fields):
@@ -132,7 +129,7 @@ def test_resume_is_bit_identical(tmp_path):
                           'checkpoint_every_steps': 4})
   straight = train.train_and_evaluate(config, str(tmp_path / 'straight'))
   halted = train.train_and_evaluate(config, str(tmp_path / 'restarted'), stop_at_step=6)
-  assert halted == {'step': 6}
+  assert halted == {'step': 6, 'preempted': True}
   resumed = train.train_and_evaluate(config, str(tmp_path / 'restarted'))
   assert straight['step'] == resumed['step'] == 11
   a = checkpoint.load_state_tree(str(tmp_path / 'straight'))
@@ -176,12 +173,6 @@ def test_short_run_on_real_mnist_pngs_learns(mnist_folder, tmp_path):
   with open(tmp_path / 'results.json') as f:
     assert json.load(f) == results
   assert any(name.startswith('events.out.tfevents') for name in os.listdir(tmp_path))
-
-
-def run_main(*args, timeout=300):
-  env = dict(os.environ, XLA_FLAGS='', JAX_PLATFORMS='cpu')
-  return subprocess.run([sys.executable, '-m', 'resnet_jax.main', *args], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=timeout)
 
 
 def test_command_line_trains_then_evaluates_the_latest_checkpoint(tmp_path):

@@ -6,11 +6,13 @@ so Grain can sample it by index (exact resume) and split it across hosts and wor
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import os
 from typing import Any, Sequence
 
 import numpy as np
+from absl import logging
 from PIL import Image
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
@@ -45,6 +47,19 @@ class ArraySource:
     return f'ArraySource(images={self.images.shape}, labels={self.labels.shape})'
 
 
+def decode_image(path: str, mode: str) -> np.ndarray:
+  with Image.open(path) as img:
+    return np.asarray(img.convert(mode), dtype=np.uint8)
+
+
+def _readable(path: str) -> bool:
+  try:
+    decode_image(path, 'RGB')
+    return True
+  except (OSError, ValueError, SyntaxError):
+    return False
+
+
 class FolderSource:
   """Image files on disk, decoded with PIL when read (in Grain's worker processes)."""
 
@@ -55,8 +70,12 @@ class FolderSource:
     return len(self.paths)
 
   def __getitem__(self, index: int) -> dict[str, Any]:
-    with Image.open(self.paths[index]) as img:
-      array = np.asarray(img.convert(self.mode), dtype=np.uint8)
+    try:
+      array = decode_image(self.paths[index], self.mode)
+    except (OSError, ValueError, SyntaxError) as e:  # PIL's kinds of "not a readable image".
+      raise ValueError(f'cannot decode image {self.paths[index]} ({type(e).__name__}: {e}); '
+                       'fix or remove it, or set config.dataset.skip_corrupt=true to check every '
+                       'file first and leave out the bad ones') from e
     if array.ndim == 2:
       array = array[:, :, None]
     return {'image': array, 'label': int(self.labels[index])}
@@ -144,27 +163,63 @@ def load_digits_split(split: str, val_fraction: float) -> Split:
   return Split(ArraySource(images[idx], labels[idx]), 10, f'digits/{split}')
 
 
-def load_folder_split(root: str, split: str, val_fraction: float) -> Split:
-  """An image folder `root/<split>/<class>/<image>`; class names sorted; PNG or JPEG."""
+def _class_names(folder: str) -> list[str]:
+  return sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
+
+
+def load_folder_split(root: str, split: str, val_fraction: float,
+                      skip_corrupt: bool = False) -> Split:
+  """An image folder `root/<split>/<class>/<image>`; class names sorted; PNG or JPEG.
+
+  Every class folder must hold images; other files (but hidden ones) are errors naming them.
+  With `skip_corrupt`, every file is decoded once up front and the unreadable ones are left out
+  (and counted in the log) instead.
+  """
   if not os.path.isdir(root):
     raise FileNotFoundError(f"config.dataset.source folder '{root}' does not exist; expected an "
                             'image folder laid out as PATH/<split>/<class>/<image>.(png|jpg|jpeg)')
-  available = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+  available = _class_names(root)
   base_split, carve = _resolve(available, split, val_fraction)
   base = os.path.join(root, base_split)
-  classes = sorted(d for d in os.listdir(base) if os.path.isdir(os.path.join(base, d)))
+  classes = _class_names(base)
   if not classes:
     raise FileNotFoundError(f"no class folders in '{base}'; expected {base}/<class>/<image>")
+  if base_split != 'train' and 'train' in available and _class_names(
+      os.path.join(root, 'train')) != classes:
+    train_classes = _class_names(os.path.join(root, 'train'))
+    differ = sorted(set(classes) ^ set(train_classes))
+    raise ValueError(f"the classes of '{base}' differ from those of '{root}/train' "
+                     f'(in one but not the other: {differ[:5]}); labels would not match')
   paths, labels = [], []
   for label, name in enumerate(classes):
-    files = sorted(f for f in os.listdir(os.path.join(base, name))
-                   if f.lower().endswith(IMAGE_EXTENSIONS))
-    paths += [os.path.join(base, name, f) for f in files]
-    labels += [label] * len(files)
+    folder = os.path.join(base, name)
+    files = sorted(f for f in os.listdir(folder) if not f.startswith('.'))
+    others = [f for f in files if not f.lower().endswith(IMAGE_EXTENSIONS)]
+    if others and not skip_corrupt:
+      raise ValueError(f"'{os.path.join(folder, others[0])}' is not a PNG or JPEG file; remove "
+                       'it, or set config.dataset.skip_corrupt=true to leave such files out')
+    images = [os.path.join(folder, f) for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
+    if not images:
+      raise FileNotFoundError(f"class folder '{folder}' holds no PNG or JPEG images")
+    paths += images
+    labels += [label] * len(images)
+  if skip_corrupt:
+    with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
+      good = list(pool.map(_readable, paths))
+    dropped = [p for p, ok in zip(paths, good) if not ok]
+    if dropped:
+      logging.warning('config.dataset.skip_corrupt: left out %d unreadable images of %s, e.g. %s',
+                      len(dropped), base, dropped[0])
+    paths = [p for p, ok in zip(paths, good) if ok]
+    labels = [lab for lab, ok in zip(labels, good) if ok]
   if not paths:
-    raise FileNotFoundError(f"no PNG or JPEG images under '{base}'")
-  with Image.open(paths[0]) as first:
-    mode = 'L' if first.mode in ('L', 'LA', 'I', 'I;16', '1') else 'RGB'
+    raise FileNotFoundError(f"no readable PNG or JPEG images under '{base}'")
+  try:
+    with Image.open(paths[0]) as first:
+      mode = 'L' if first.mode in ('L', 'LA', 'I', 'I;16', '1') else 'RGB'
+  except (OSError, ValueError, SyntaxError) as e:
+    raise ValueError(f'cannot read image {paths[0]} ({e}); fix or remove it, or set '
+                     'config.dataset.skip_corrupt=true') from e
   source = FolderSource(paths, labels, mode)
   if carve:
     source = Subset(source, holdout_indices(len(source), val_fraction, split))
@@ -213,7 +268,8 @@ def load_split(dataset_config, split: str) -> Split:
   if source == 'digits':
     return load_digits_split(split, val_fraction)
   if source.startswith('folder:'):
-    return load_folder_split(os.path.expanduser(source[len('folder:'):]), split, val_fraction)
+    return load_folder_split(os.path.expanduser(source[len('folder:'):]), split, val_fraction,
+                             dataset_config.skip_corrupt)
   if source.startswith('tfds:'):
     return load_tfds_split(source[len('tfds:'):], split, dataset_config.data_dir or None,
                            val_fraction)
