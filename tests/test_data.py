@@ -161,3 +161,8 @@ def test_worker_processes_give_the_same_batches():
   in_process, by_workers = take(make(0), 4), take(make(2), 4)
   for a, b in zip(in_process, by_workers):
     assert np.array_equal(a['image'], b['image']) and np.array_equal(a['label'], b['label'])
+
+
+def test_unknown_tfds_name_suggests_the_closest():
+  with pytest.raises(ValueError, match="'tfds:cifar_10': no such TFDS dataset; did you mean cifar"):
+    load_split(dataset_config(source='tfds:cifar_10'), 'train')

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import difflib
 import os
 from typing import Any, Sequence
 
@@ -231,7 +232,12 @@ def load_tfds_split(name: str, split: str, data_dir: str | None, val_fraction: f
   import tensorflow_datasets as tfds
   try:
     builder = tfds.builder(name, data_dir=data_dir)
-  except Exception as e:  # TFDS raises several types for an unknown or unreadable name.
+  except tfds.core.registered.DatasetNotFoundError as e:
+    known = tfds.list_builders(with_community_datasets=False)  # (Community ones need TF.)
+    close = difflib.get_close_matches(name, known, n=5, cutoff=0.6)
+    hint = f'did you mean {", ".join(close)}?' if close else 'see tfds.list_builders()'
+    raise ValueError(f"config.dataset.source 'tfds:{name}': no such TFDS dataset; {hint}") from e
+  except Exception as e:  # TFDS raises several types for an unreadable dataset.
     raise ValueError(f"config.dataset.source 'tfds:{name}': {e}") from e
   how = (f'prepare it once where there is network: pip install "resnet_jax[tf]" && '
          f'tfds build {name} --file_format=array_record'
