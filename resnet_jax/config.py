@@ -61,6 +61,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   c.log_every_steps = 50
   c.eval_every_epochs = 1.0
+  c.init_from = ''  # A converted (resnet_jax.convert) or trained checkpoint to start from.
   c.restore_fallback = False  # Latest checkpoint unreadable: resume from the newest good one.
   c.skip_nonfinite = False  # Drop (and count) updates whose loss or gradient is NaN/Inf.
   c.lock()

@@ -228,6 +228,9 @@ def setup(config, *, train: bool = True) -> Experiment:
   else:
     replicated = NamedSharding(parallel.mesh, PartitionSpec())
     state = jax.jit(init, out_shardings=replicated)(jax.random.fold_in(root, 0))
+  if config.init_from:  # On the host, then laid out again like the fresh state.
+    host_state = jax.device_get(parallel.unreplicate(state))
+    state = parallel.replicate(with_pretrained(host_state, config.init_from))
   dtype = model.dtype
   norm = dict(mean=tuple(d.mean), std=tuple(d.std), dtype=dtype)
   p_train = parallel.map(
@@ -237,6 +240,44 @@ def setup(config, *, train: bool = True) -> Experiment:
   p_eval = parallel.map(functools.partial(eval_step, **norm), ('state', 'batch'))
   return Experiment(config, parallel, model, train_split, eval_split, steps_per_epoch,
                     total_steps, p_train, p_eval, state)
+
+
+def with_pretrained(state: TrainState, path: str) -> TrainState:
+  """`config.init_from`: params and BN statistics from a converted or trained checkpoint
+  (`state` is one host copy; the optimizer state starts afresh).
+
+  Leaves whose shape differs only in the last axis (the classifier, when `num_classes` differs)
+  keep their fresh initialisation; any other difference is an error naming the leaf.
+  """
+  from resnet_jax.convert import load_variables
+  loaded = load_variables(path)
+  fresh_head = []
+
+  def pick(key_path, fresh, saved):
+    name = jax.tree_util.keystr(key_path)
+    if saved is None:
+      raise ValueError(f'config.init_from {path}: it has no {name}')
+    if saved.shape == fresh.shape:
+      return np.asarray(saved, fresh.dtype)
+    if saved.shape[:-1] == fresh.shape[:-1]:
+      fresh_head.append(name)
+      return fresh
+    raise ValueError(f'config.init_from {path}: {name} has shape {saved.shape} there and '
+                     f'{fresh.shape} here')
+
+  def merge(fresh_tree, saved_tree):
+    saved_flat = {jax.tree_util.keystr(k): v
+                  for k, v in jax.tree_util.tree_flatten_with_path(saved_tree)[0]}
+    return jax.tree_util.tree_map_with_path(
+        lambda k, f: pick(k, f, saved_flat.get(jax.tree_util.keystr(k))), fresh_tree)
+
+  params = merge(state.params, loaded['params'])
+  batch_stats = merge(state.batch_stats, loaded['batch_stats'])
+  if fresh_head:
+    logging.info('init_from %s: a new classifier (%s), the rest loaded.', path,
+                 ', '.join(fresh_head))
+  return state.replace(params=params, batch_stats=batch_stats,
+                       opt_state=state.tx.init(params))
 
 
 def evaluate(exp: Experiment, state=None) -> dict:
