@@ -132,8 +132,13 @@ def cross_replica_mean(tree):
 
 
 def train_step(state: TrainState, batch: dict, key: jax.Array, *, mean, std, dtype,
-               label_smoothing: float = 0.0, skip_nonfinite: bool = False):
-  """One SGD step on this device's slice of the global batch (call it under DataParallel.map)."""
+               label_smoothing: float = 0.0, skip_nonfinite: bool = False,
+               aux_weight: float = 0.0):
+  """One SGD step on this device's slice of the global batch (call it under DataParallel.map).
+
+  A model that returns (logits, *aux_logits) in training (GoogLeNet, Inception-v3 with
+  aux_logits=True) adds `aux_weight` times each auxiliary classifier's loss.
+  """
   # Randomness tree: run key -> step -> device -> purpose (GUIDE: fold_in(root, step)).
   key = jax.random.fold_in(jax.random.fold_in(key, state.step), lax.axis_index(AXIS))
   rngs = dict(zip(('dropout', 'drop_path'), jax.random.split(key)))
@@ -141,11 +146,14 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, *, mean, std, dty
   labels = batch['label']
 
   def loss_fn(params):
-    logits, updates = state.apply_fn(
+    outputs, updates = state.apply_fn(
         {'params': params, 'batch_stats': state.batch_stats}, images, train=True,
         mutable=['batch_stats'], rngs=rngs)
+    logits, *aux = outputs if isinstance(outputs, tuple) else (outputs,)
     targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
     loss = optax.softmax_cross_entropy(logits.astype(jnp.float32), targets).mean()
+    for extra in aux:
+      loss += aux_weight * optax.softmax_cross_entropy(extra.astype(jnp.float32), targets).mean()
     return loss, (logits, updates.get('batch_stats', {}))
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -235,7 +243,8 @@ def setup(config, *, train: bool = True) -> Experiment:
   norm = dict(mean=tuple(d.mean), std=tuple(d.std), dtype=dtype)
   p_train = parallel.map(
       functools.partial(train_step, label_smoothing=config.label_smoothing,
-                        skip_nonfinite=config.skip_nonfinite, **norm),
+                        skip_nonfinite=config.skip_nonfinite,
+                        aux_weight=getattr(model, 'AUX_WEIGHT', 0.0), **norm),
       ('state', 'batch', 'const'), donate_state=True)
   p_eval = parallel.map(functools.partial(eval_step, **norm), ('state', 'batch'))
   return Experiment(config, parallel, model, train_split, eval_split, steps_per_epoch,

@@ -3,6 +3,7 @@ import functools
 import json
 import os
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -201,3 +202,31 @@ def test_bad_values_name_the_field(tmp_path):
     train.train_and_evaluate(make_config(parallelism='vmap'), str(tmp_path))
   with pytest.raises(ValueError, match='config.batch_size=60 must be divisible'):
     train.train_and_evaluate(make_config(batch_size=60), str(tmp_path))
+
+
+class TwoHeads(nn.Module):
+  """A small net with an auxiliary classifier, returned in training as GoogLeNet's are."""
+
+  @nn.compact
+  def __call__(self, x, *, train):
+    h = nn.relu(nn.Dense(16)(x.reshape(x.shape[0], -1)))
+    logits = nn.Dense(10, name='main')(h)
+    return (logits, nn.Dense(10, name='aux')(h)) if train else logits
+
+
+def test_auxiliary_classifier_losses_are_added_with_their_weight():
+  model = TwoHeads()
+  batch = digits_batch(8, 8)
+  tx = optax.sgd(0.1)
+  state = train.TrainState.create(
+      apply_fn=model.apply, tx=tx, batch_stats={}, skipped_steps=jnp.zeros((), jnp.int32),
+      params=model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)), train=True)['params'])
+  parallel = train.DataParallel('shard_map')
+  step = parallel.map(functools.partial(train.train_step, mean=(50.0,), std=(90.0,),
+                                        dtype=jnp.float32, aux_weight=0.3),
+                      ('state', 'batch', 'const'))
+  _, metrics = step(parallel.replicate(state), parallel.shard_batch(batch), jax.random.PRNGKey(1))
+  x = train.normalize(jnp.asarray(batch['image']), (50.0,), (90.0,), jnp.float32)
+  logits, aux = model.apply({'params': state.params}, x, train=True)
+  ce = lambda z: optax.softmax_cross_entropy_with_integer_labels(z, batch['label']).mean()
+  np.testing.assert_allclose(metrics['loss'], ce(logits) + 0.3 * ce(aux), rtol=1e-5)

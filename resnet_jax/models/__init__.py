@@ -2,7 +2,16 @@
 
 Importing a family module registers its variants.
 """
-from resnet_jax.models import lenet, resnet  # noqa: F401  (imported for their register(...) calls)
+# Imported for their register(...) calls.
+from resnet_jax.models import (  # noqa: F401
+    googlenet,
+    inception,
+    inception_v4,
+    lenet,
+    mobilenet,
+    resnet,
+    xception,
+)
 from resnet_jax.models.registry import count_params, create_model, list_models, model_spec
 
 __all__ = ['count_params', 'create_model', 'list_models', 'model_spec']

@@ -16,6 +16,7 @@ Initializer = Callable[..., jax.Array]
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
   'relu': nn.relu,
+  'relu6': nn.relu6,  # min(max(x, 0), 6): MobileNet's (Howard et al. 2017, via TF-slim and timm)
   'leaky_relu': nn.leaky_relu,  # negative slope 0.01, the PyTorch default
   'elu': nn.elu,
   'selu': nn.selu,

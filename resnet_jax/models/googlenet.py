@@ -1,0 +1,230 @@
+"""GoogLeNet / Inception v1 (Szegedy et al. 2015, "Going Deeper with Convolutions", Sec. 5,
+Table 1).
+
+Layout and names follow torchvision's `GoogLeNet`, so its state dicts import by name
+(`conv1.conv`, `inception3a.branch2.1.bn`, `aux1.fc1`, `fc`). torchvision differs from the paper in
+ways its weights depend on, and the defaults here follow torchvision:
+- every convolution is followed by BatchNorm (eps 0.001) and has no bias (the paper predates BN;
+  `norm='none'` gives biased convolutions without BN), and the paper's LocalRespNorm is left out;
+- the "5x5" branch uses a 3x3 convolution (torchvision issue 906; `branch3_kernel=5` gives the
+  paper's 5x5 at 380,928 more parameters);
+- max pools round up (`ceil_mode=True`), emulated here by extra -inf padding at the bottom/right.
+
+The auxiliary classifiers (Sec. 5) exist only with `aux_logits=True`; they run when training
+(the module then returns `(logits, aux1, aux2)`) and are skipped at inference, as the paper does.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, ClassVar, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from resnet_jax.models import layers
+from resnet_jax.models.registry import register
+
+ModuleDef = Any
+
+
+def _pair(v: int | Sequence[int]) -> tuple[int, int]:
+  return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def max_pool_ceil(x: jax.Array, window: int, strides: int, padding: int = 0) -> jax.Array:
+  """PyTorch's MaxPool2d(window, strides, padding, ceil_mode=True) on NHWC input.
+
+  The output side is ceil((n + 2p - k) / s) + 1, less one if the last window would start in the
+  right padding (PyTorch's rule); the extra windows read -inf padding, so they see only real pixels.
+  """
+  pads = []
+  for n in x.shape[1:3]:
+    out = -(-(n + 2 * padding - window) // strides) + 1
+    if (out - 1) * strides >= n + padding:
+      out -= 1
+    extra = max(0, (out - 1) * strides + window - (n + 2 * padding))
+    pads.append((padding, padding + extra))
+  return nn.max_pool(x, (window, window), strides=(strides, strides), padding=tuple(pads))
+
+
+def adaptive_avg_pool(x: jax.Array, size: int) -> jax.Array:
+  """PyTorch's adaptive_avg_pool2d(x, size) on NHWC input: bin i spans [floor(i n / size),
+  ceil((i + 1) n / size)), so bins may overlap (14 -> 4) or repeat pixels (n < size)."""
+  def bins(n: int) -> list[tuple[int, int]]:
+    return [(i * n // size, -(-(i + 1) * n // size)) for i in range(size)]
+
+  rows = [
+      jnp.stack([jnp.mean(x[:, h0:h1, w0:w1], axis=(1, 2)) for w0, w1 in bins(x.shape[2])], 1)
+      for h0, h1 in bins(x.shape[1])
+  ]
+  return jnp.stack(rows, axis=1)
+
+
+def flatten_nchw(x: jax.Array) -> jax.Array:
+  """Flattens NHWC in torch.flatten's NCHW order (C, H, W), so imported Linear weights fit."""
+  return jnp.transpose(x, (0, 3, 1, 2)).reshape((x.shape[0], -1))
+
+
+class BasicConv2d(nn.Module):
+  """Convolution (no bias), norm, activation: torchvision's BasicConv2d (submodules `conv`, `bn`).
+
+  `conv` and `norm` are partials bound by the network (dtype, init, BN settings, train mode);
+  `padding` is symmetric, per side, as in PyTorch.
+  """
+
+  features: int
+  kernel_size: int | Sequence[int]
+  conv: ModuleDef
+  norm: ModuleDef
+  act: Callable[[jax.Array], jax.Array]
+  strides: int = 1
+  padding: int | Sequence[int] = 0
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    ph, pw = _pair(self.padding)
+    x = self.conv(self.features, _pair(self.kernel_size), strides=(self.strides, self.strides),
+                  padding=((ph, ph), (pw, pw)), name='conv')(x)
+    return self.act(self.norm(name='bn')(x))
+
+
+class Inception(nn.Module):
+  """An Inception module (Szegedy et al. 2015, Fig. 2b): 1x1 | 1x1-3x3 | 1x1-5x5 | pool-1x1.
+
+  `widths` = (#1x1, #3x3 reduce, #3x3, #5x5 reduce, #5x5, pool proj), a row of Table 1. Names are
+  torchvision's: branch2/3/4 are Sequentials (`branch2.0`, `branch2.1`; `branch4.0` is the pool).
+  """
+
+  widths: Sequence[int]
+  basic: ModuleDef
+  branch3_kernel: int = 3
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    n1x1, n3x3red, n3x3, n5x5red, n5x5, pool_proj = self.widths
+    b1 = self.basic(n1x1, 1, name='branch1')(x)
+    b2 = self.basic(n3x3red, 1, name='branch2.0')(x)
+    b2 = self.basic(n3x3, 3, padding=1, name='branch2.1')(b2)
+    b3 = self.basic(n5x5red, 1, name='branch3.0')(x)
+    k = self.branch3_kernel
+    b3 = self.basic(n5x5, k, padding=k // 2, name='branch3.1')(b3)
+    b4 = max_pool_ceil(x, 3, 1, padding=1)
+    b4 = self.basic(pool_proj, 1, name='branch4.1')(b4)
+    return jnp.concatenate([b1, b2, b3, b4], axis=-1)
+
+
+class InceptionAux(nn.Module):
+  """Auxiliary classifier (Szegedy et al. 2015, Sec. 5): average pool to 4x4 (5x5/3 at 14x14),
+  1x1 conv 128, fc 1024 + act, dropout, fc to the classes (torchvision names conv, fc1, fc2)."""
+
+  num_classes: int
+  basic: ModuleDef
+  dense: ModuleDef
+  act: Callable[[jax.Array], jax.Array]
+  dropout_rate: float
+  train: bool
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = adaptive_avg_pool(x, 4)
+    x = flatten_nchw(self.basic(128, 1, name='conv')(x))
+    x = self.act(self.dense(1024, name='fc1')(x))
+    x = nn.Dropout(self.dropout_rate, deterministic=not self.train)(x)
+    return self.dense(self.num_classes, name='fc2')(x)
+
+
+# Szegedy et al. 2015, Table 1: (#1x1, #3x3 reduce, #3x3, #5x5 reduce, #5x5, pool proj).
+_TABLE1 = {
+    '3a': (64, 96, 128, 16, 32, 32),
+    '3b': (128, 128, 192, 32, 96, 64),
+    '4a': (192, 96, 208, 16, 48, 64),
+    '4b': (160, 112, 224, 24, 64, 64),
+    '4c': (128, 128, 256, 24, 64, 64),
+    '4d': (112, 144, 288, 32, 64, 64),
+    '4e': (256, 160, 320, 32, 128, 128),
+    '5a': (256, 160, 320, 32, 128, 128),
+    '5b': (384, 192, 384, 48, 128, 128),
+}
+
+
+class GoogLeNet(nn.Module):
+  """GoogLeNet (Inception v1), 224x224 input, in torchvision's layout.
+
+  Arguments:
+    aux_logits: build the two auxiliary classifiers (after 4a and 4d). With it, `train=True`
+      returns `(logits, aux1, aux2)`; inference returns the logits alone. Combine the losses as
+      `loss + AUX_WEIGHT * (aux1_loss + aux2_loss)` in the training loop.
+    dropout_rate: before the classifier; 0.4 as Table 1 (torchvision trains with 0.2).
+    aux_dropout_rate: in the auxiliary classifiers; 0.7 as Sec. 5.
+    branch3_kernel: 3 as torchvision (and its weights), 5 as the paper.
+    norm: 'batch' (torchvision) or 'none' (the paper: biased convolutions, no normalization).
+    act / kernel_init: names in layers.ACTIVATIONS / KERNEL_INITS; 'normal_0.01' is
+      torchvision's init (N(0, 0.01) truncated at +-2, i.e. not at all), used for the dense layers
+      too.
+    bn_axis_name / bn_momentum / bn_epsilon: BatchNorm settings (flax momentum; eps 0.001 as
+      torchvision).
+  """
+
+  num_classes: int
+  dtype: Any = jnp.float32
+  aux_logits: bool = False
+  dropout_rate: float = 0.4
+  aux_dropout_rate: float = 0.7
+  branch3_kernel: int = 3
+  norm: str = 'batch'
+  act: str = 'relu'
+  kernel_init: str = 'normal_0.01'
+  bn_axis_name: str | None = None
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-3
+
+  # Szegedy et al. 2015, Sec. 5: the auxiliary losses are added with a weight of 0.3.
+  AUX_WEIGHT: ClassVar[float] = 0.3
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array | tuple[jax.Array, ...]:
+    act = layers.get_activation(self.act)
+    kernel_init = layers.get_kernel_init(self.kernel_init)
+    conv = functools.partial(nn.Conv, use_bias=self.norm == 'none', dtype=self.dtype,
+                             param_dtype=jnp.float32, kernel_init=kernel_init)
+    norm = functools.partial(layers.make_norm, self.norm, train=train, dtype=self.dtype,
+                             axis_name=self.bn_axis_name, momentum=self.bn_momentum,
+                             epsilon=self.bn_epsilon)
+    dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=jnp.float32,
+                              kernel_init=kernel_init)
+    basic = functools.partial(BasicConv2d, conv=conv, norm=norm, act=act)
+    block = functools.partial(Inception, basic=basic, branch3_kernel=self.branch3_kernel)
+    aux = functools.partial(InceptionAux, self.num_classes, basic=basic, dense=dense, act=act,
+                            dropout_rate=self.aux_dropout_rate, train=train)
+    # Initialisation builds the auxiliary heads too, so their parameters exist for training.
+    run_aux = self.aux_logits and (train or self.is_initializing())
+
+    x = basic(64, 7, strides=2, padding=3, name='conv1')(x)
+    x = max_pool_ceil(x, 3, 2)
+    x = basic(64, 1, name='conv2')(x)
+    x = basic(192, 3, padding=1, name='conv3')(x)
+    x = max_pool_ceil(x, 3, 2)
+    x = block(_TABLE1['3a'], name='inception3a')(x)
+    x = block(_TABLE1['3b'], name='inception3b')(x)
+    x = max_pool_ceil(x, 3, 2)
+    x = block(_TABLE1['4a'], name='inception4a')(x)
+    aux1 = aux(name='aux1')(x) if run_aux else None
+    x = block(_TABLE1['4b'], name='inception4b')(x)
+    x = block(_TABLE1['4c'], name='inception4c')(x)
+    x = block(_TABLE1['4d'], name='inception4d')(x)
+    aux2 = aux(name='aux2')(x) if run_aux else None
+    x = block(_TABLE1['4e'], name='inception4e')(x)
+    x = max_pool_ceil(x, 2, 2)
+    x = block(_TABLE1['5a'], name='inception5a')(x)
+    x = block(_TABLE1['5b'], name='inception5b')(x)
+    x = jnp.mean(x, axis=(1, 2))
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    logits = dense(self.num_classes, name='fc')(x).astype(jnp.float32)
+    if self.aux_logits and train:
+      return logits, aux1.astype(jnp.float32), aux2.astype(jnp.float32)
+    return logits
+
+
+# Szegedy et al. 2015, Sec. 5: ImageNet, 224x224 crops, 1000 classes.
+register('googlenet', GoogLeNet, input_size=224, in_channels=3, num_classes=1000)

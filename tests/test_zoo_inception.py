@@ -1,0 +1,121 @@
+"""GoogLeNet and Inception-v3: exact parameter counts, and logits equal to torchvision's twins."""
+import functools
+
+import jax
+import numpy as np
+import pytest
+
+from resnet_jax.models import googlenet, inception  # noqa: F401  (registers the models)
+from resnet_jax.models.registry import count_params, create_model
+
+torch = pytest.importorskip('torch')
+torchvision = pytest.importorskip('torchvision')
+from resnet_jax.convert import from_torch  # noqa: E402
+
+
+@pytest.mark.parametrize('name, overrides, expected', [
+    ('googlenet', {}, 6_624_904),
+    ('googlenet', {'aux_logits': True}, 13_004_888),
+    ('inception_v3', {}, 23_834_568),
+    ('inception_v3', {'aux_logits': True}, 27_161_264),
+])
+def test_param_counts(name, overrides, expected):
+  assert count_params(name, **overrides) == expected
+
+
+def _twin(builder, **kwargs):
+  """A randomly initialised torchvision model whose BatchNorms are not identities at eval.
+
+  Convolutions are redrawn He-normal: with torchvision's N(0, 0.1) Inception-v3 activations grow
+  ~5x a layer at eval (logits ~1e9), where small errors would hide under the largest values.
+  """
+  torch.manual_seed(0)
+  model = builder(weights=None, transform_input=False, init_weights=True, **kwargs)
+  with torch.no_grad():
+    for module in model.modules():
+      if isinstance(module, torch.nn.Conv2d):
+        torch.nn.init.kaiming_normal_(module.weight, nonlinearity='relu')
+      elif isinstance(module, torch.nn.BatchNorm2d):
+        module.running_mean.uniform_(-0.5, 0.5)
+        module.running_var.uniform_(0.5, 1.5)
+        module.weight.uniform_(0.5, 1.5)
+        module.bias.uniform_(-0.5, 0.5)
+  return model
+
+
+def _inputs(size, batch=2):
+  x = np.random.default_rng(0).standard_normal((batch, size, size, 3), dtype=np.float32)
+  return x, torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+
+
+def _outputs(name, twin, size, *, train, batch=2, **overrides):
+  """(ours, theirs) on the same batch, both in eval or both in training mode."""
+  x, x_torch = _inputs(size, batch)
+  state = {k: v.numpy() for k, v in twin.state_dict().items()}
+  variables = from_torch(name, state, **overrides)
+  model = create_model(name, num_classes=1000, **overrides)
+  if train:
+    forward = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats'])[0])
+  else:
+    forward = jax.jit(functools.partial(model.apply, train=False))
+  ours = jax.tree.map(np.asarray, forward(variables, x))
+  twin.train(train)
+  with torch.no_grad():
+    theirs = twin(x_torch)
+  theirs = jax.tree.map(lambda t: t.numpy(), tuple(theirs) if train else theirs)
+  return ours, theirs
+
+
+def _assert_close(ours, theirs):
+  assert ours.shape == theirs.shape
+  scale = np.abs(theirs).max()
+  err = np.abs(ours - theirs).max()
+  assert err <= 1e-4 * scale, f'max |diff| {err:.3g}, max |logit| {scale:.3g}'
+
+
+# 79x79: the smallest side at which all four ceil_mode pools round up (40->20->10->5->3), so the
+# -inf padding is exercised, and inception5b still sees a 3x3 map (the net itself takes 15x15).
+GOOGLENET_SIZE = 79
+
+
+@pytest.mark.parametrize('aux_logits', [False, True])
+def test_googlenet_matches_torchvision(aux_logits):
+  twin = _twin(torchvision.models.googlenet, aux_logits=aux_logits)
+  overrides = {'aux_logits': True} if aux_logits else {}
+  ours, theirs = _outputs('googlenet', twin, GOOGLENET_SIZE, train=False, **overrides)
+  _assert_close(ours, theirs)
+
+
+def test_googlenet_aux_heads_match_torchvision_in_training():
+  """Training mode (batch statistics, dropout off): logits and both auxiliary outputs agree."""
+  twin = _twin(torchvision.models.googlenet, aux_logits=True, dropout=0.0, dropout_aux=0.0)
+  ours, theirs = _outputs('googlenet', twin, GOOGLENET_SIZE, train=True, aux_logits=True,
+                          dropout_rate=0.0, aux_dropout_rate=0.0)
+  # torchvision returns (logits, aux2, aux1); ours is (logits, aux1, aux2).
+  for a, b in zip(ours, (theirs[0], theirs[2], theirs[1])):
+    _assert_close(a, b)
+
+
+# 75x75: torchvision's documented minimum; Mixed_6e sees 3x3, Mixed_7c 1x1.
+INCEPTION_SIZE = 75
+
+
+@pytest.mark.parametrize('aux_logits', [False, True])
+def test_inception_v3_matches_torchvision(aux_logits):
+  twin = _twin(torchvision.models.inception_v3, aux_logits=aux_logits)
+  overrides = {'aux_logits': True} if aux_logits else {}
+  ours, theirs = _outputs('inception_v3', twin, INCEPTION_SIZE, train=False, **overrides)
+  _assert_close(ours, theirs)
+
+
+def test_inception_v3_aux_head_matches_torchvision_in_training():
+  """Training mode (batch statistics, dropout off) at 299x299, the size the aux head needs.
+
+  Batch 4: the head's last BN sees a 1x1 map, and over only 2 samples its batch variance is
+  ill-conditioned (relative differences of 2.5e-4 from float32 rounding alone).
+  """
+  twin = _twin(torchvision.models.inception_v3, aux_logits=True, dropout=0.0)
+  ours, theirs = _outputs('inception_v3', twin, 299, train=True, batch=4, aux_logits=True,
+                          dropout_rate=0.0)
+  for a, b in zip(ours, theirs):
+    _assert_close(a, b)
