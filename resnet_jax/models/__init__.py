@@ -4,12 +4,16 @@ Importing a family module registers its variants.
 """
 # Imported for their register(...) calls.
 from resnet_jax.models import (  # noqa: F401
+    alexnet,
     googlenet,
     inception,
     inception_v4,
     lenet,
     mobilenet,
+    nin,
     resnet,
+    squeezenet,
+    vgg,
     xception,
 )
 from resnet_jax.models.registry import count_params, create_model, list_models, model_spec

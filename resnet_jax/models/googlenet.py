@@ -28,67 +28,6 @@ from resnet_jax.models.registry import register
 ModuleDef = Any
 
 
-def _pair(v: int | Sequence[int]) -> tuple[int, int]:
-  return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
-
-
-def max_pool_ceil(x: jax.Array, window: int, strides: int, padding: int = 0) -> jax.Array:
-  """PyTorch's MaxPool2d(window, strides, padding, ceil_mode=True) on NHWC input.
-
-  The output side is ceil((n + 2p - k) / s) + 1, less one if the last window would start in the
-  right padding (PyTorch's rule); the extra windows read -inf padding, so they see only real pixels.
-  """
-  pads = []
-  for n in x.shape[1:3]:
-    out = -(-(n + 2 * padding - window) // strides) + 1
-    if (out - 1) * strides >= n + padding:
-      out -= 1
-    extra = max(0, (out - 1) * strides + window - (n + 2 * padding))
-    pads.append((padding, padding + extra))
-  return nn.max_pool(x, (window, window), strides=(strides, strides), padding=tuple(pads))
-
-
-def adaptive_avg_pool(x: jax.Array, size: int) -> jax.Array:
-  """PyTorch's adaptive_avg_pool2d(x, size) on NHWC input: bin i spans [floor(i n / size),
-  ceil((i + 1) n / size)), so bins may overlap (14 -> 4) or repeat pixels (n < size)."""
-  def bins(n: int) -> list[tuple[int, int]]:
-    return [(i * n // size, -(-(i + 1) * n // size)) for i in range(size)]
-
-  rows = [
-      jnp.stack([jnp.mean(x[:, h0:h1, w0:w1], axis=(1, 2)) for w0, w1 in bins(x.shape[2])], 1)
-      for h0, h1 in bins(x.shape[1])
-  ]
-  return jnp.stack(rows, axis=1)
-
-
-def flatten_nchw(x: jax.Array) -> jax.Array:
-  """Flattens NHWC in torch.flatten's NCHW order (C, H, W), so imported Linear weights fit."""
-  return jnp.transpose(x, (0, 3, 1, 2)).reshape((x.shape[0], -1))
-
-
-class BasicConv2d(nn.Module):
-  """Convolution (no bias), norm, activation: torchvision's BasicConv2d (submodules `conv`, `bn`).
-
-  `conv` and `norm` are partials bound by the network (dtype, init, BN settings, train mode);
-  `padding` is symmetric, per side, as in PyTorch.
-  """
-
-  features: int
-  kernel_size: int | Sequence[int]
-  conv: ModuleDef
-  norm: ModuleDef
-  act: Callable[[jax.Array], jax.Array]
-  strides: int = 1
-  padding: int | Sequence[int] = 0
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    ph, pw = _pair(self.padding)
-    x = self.conv(self.features, _pair(self.kernel_size), strides=(self.strides, self.strides),
-                  padding=((ph, ph), (pw, pw)), name='conv')(x)
-    return self.act(self.norm(name='bn')(x))
-
-
 class Inception(nn.Module):
   """An Inception module (Szegedy et al. 2015, Fig. 2b): 1x1 | 1x1-3x3 | 1x1-5x5 | pool-1x1.
 
@@ -109,7 +48,7 @@ class Inception(nn.Module):
     b3 = self.basic(n5x5red, 1, name='branch3.0')(x)
     k = self.branch3_kernel
     b3 = self.basic(n5x5, k, padding=k // 2, name='branch3.1')(b3)
-    b4 = max_pool_ceil(x, 3, 1, padding=1)
+    b4 = layers.max_pool(x, 3, 1, padding=1, ceil_mode=True)
     b4 = self.basic(pool_proj, 1, name='branch4.1')(b4)
     return jnp.concatenate([b1, b2, b3, b4], axis=-1)
 
@@ -127,8 +66,8 @@ class InceptionAux(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    x = adaptive_avg_pool(x, 4)
-    x = flatten_nchw(self.basic(128, 1, name='conv')(x))
+    x = layers.adaptive_avg_pool(x, (4, 4))
+    x = layers.flatten_nchw(self.basic(128, 1, name='conv')(x))
     x = self.act(self.dense(1024, name='fc1')(x))
     x = nn.Dropout(self.dropout_rate, deterministic=not self.train)(x)
     return self.dense(self.num_classes, name='fc2')(x)
@@ -193,7 +132,7 @@ class GoogLeNet(nn.Module):
                              epsilon=self.bn_epsilon)
     dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=jnp.float32,
                               kernel_init=kernel_init)
-    basic = functools.partial(BasicConv2d, conv=conv, norm=norm, act=act)
+    basic = functools.partial(layers.BasicConv2d, conv=conv, norm=norm, act=act)
     block = functools.partial(Inception, basic=basic, branch3_kernel=self.branch3_kernel)
     aux = functools.partial(InceptionAux, self.num_classes, basic=basic, dense=dense, act=act,
                             dropout_rate=self.aux_dropout_rate, train=train)
@@ -201,13 +140,13 @@ class GoogLeNet(nn.Module):
     run_aux = self.aux_logits and (train or self.is_initializing())
 
     x = basic(64, 7, strides=2, padding=3, name='conv1')(x)
-    x = max_pool_ceil(x, 3, 2)
+    x = layers.max_pool(x, 3, 2, ceil_mode=True)
     x = basic(64, 1, name='conv2')(x)
     x = basic(192, 3, padding=1, name='conv3')(x)
-    x = max_pool_ceil(x, 3, 2)
+    x = layers.max_pool(x, 3, 2, ceil_mode=True)
     x = block(_TABLE1['3a'], name='inception3a')(x)
     x = block(_TABLE1['3b'], name='inception3b')(x)
-    x = max_pool_ceil(x, 3, 2)
+    x = layers.max_pool(x, 3, 2, ceil_mode=True)
     x = block(_TABLE1['4a'], name='inception4a')(x)
     aux1 = aux(name='aux1')(x) if run_aux else None
     x = block(_TABLE1['4b'], name='inception4b')(x)
@@ -215,7 +154,7 @@ class GoogLeNet(nn.Module):
     x = block(_TABLE1['4d'], name='inception4d')(x)
     aux2 = aux(name='aux2')(x) if run_aux else None
     x = block(_TABLE1['4e'], name='inception4e')(x)
-    x = max_pool_ceil(x, 2, 2)
+    x = layers.max_pool(x, 2, 2, ceil_mode=True)
     x = block(_TABLE1['5a'], name='inception5a')(x)
     x = block(_TABLE1['5b'], name='inception5b')(x)
     x = jnp.mean(x, axis=(1, 2))

@@ -21,7 +21,6 @@ import jax
 import jax.numpy as jnp
 
 from resnet_jax.models import layers
-from resnet_jax.models.googlenet import BasicConv2d
 from resnet_jax.models.registry import register
 
 ModuleDef = Any
@@ -189,7 +188,7 @@ class InceptionV3(nn.Module):
                              axis_name=self.bn_axis_name, momentum=self.bn_momentum,
                              epsilon=self.bn_epsilon)
     dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=jnp.float32)
-    basic = functools.partial(BasicConv2d, conv=conv, norm=norm, act=act)
+    basic = functools.partial(layers.BasicConv2d, conv=conv, norm=norm, act=act)
 
     # Stem (Table 1): 299 -> 149 -> 147 -> 147 -> pool 73 -> 73 -> 71 -> pool 35.
     x = basic(32, 3, strides=2, name='Conv2d_1a_3x3')(x)

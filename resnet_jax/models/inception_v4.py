@@ -29,7 +29,6 @@ import jax
 import jax.numpy as jnp
 
 from resnet_jax.models import layers
-from resnet_jax.models.googlenet import BasicConv2d
 from resnet_jax.models.registry import register
 
 ModuleDef = Any
@@ -236,7 +235,7 @@ class InceptionV4(nn.Module):
     if len(self.stage_sizes) != 3:
       raise ValueError(f'stage_sizes needs 3 entries (A, B, C modules), got {self.stage_sizes}')
     conv, norm = _conv_and_norm(self, train)
-    basic = functools.partial(BasicConv2d, conv=conv, norm=norm,
+    basic = functools.partial(layers.BasicConv2d, conv=conv, norm=norm,
                               act=layers.get_activation(self.act))
     num_a, num_b, num_c = self.stage_sizes
     # timm's nn.Sequential order; each entry becomes `features.{its index}`.
@@ -390,7 +389,7 @@ class InceptionResNetV2(nn.Module):
       raise ValueError(f'stage_sizes needs 3 entries, the last >= 1, got {self.stage_sizes}')
     act = layers.get_activation(self.act)
     conv, norm = _conv_and_norm(self, train)
-    basic = functools.partial(BasicConv2d, conv=conv, norm=norm, act=act)
+    basic = functools.partial(layers.BasicConv2d, conv=conv, norm=norm, act=act)
     residual = dict(basic=basic, linear_conv=functools.partial(conv, use_bias=True), act=act)
     scale_a, scale_b, scale_c = self.residual_scales
     num_a, num_b, num_c = self.stage_sizes

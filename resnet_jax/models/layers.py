@@ -1,4 +1,5 @@
-"""Small shared pieces of the model zoo: activation, kernel-init and norm registries.
+"""Small shared pieces of the model zoo: activation, kernel-init and norm registries, PyTorch-exact
+pooling, and the conv-BN-activation unit of the Inception family.
 
 Each registry maps a short string (as it appears in a config) to a callable, so a fork that wants
 a new activation or initializer adds one entry here instead of a new model.
@@ -6,7 +7,7 @@ a new activation or initializer adds one entry here instead of a new model.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -92,3 +93,84 @@ def make_norm(
   if norm == 'none':
     return _identity
   raise ValueError(f'unknown norm {norm!r}; valid: {", ".join(NORMS)}')
+
+
+# Pooling and flattening as PyTorch computes them, so imported torch weights see the same maps.
+
+
+def max_pool(
+    x: jax.Array, window: int, stride: int, padding: int = 0, ceil_mode: bool = False
+) -> jax.Array:
+  """torch.nn.MaxPool2d(window, stride, padding, ceil_mode=ceil_mode) on an NHWC batch.
+
+  ceil_mode keeps a last, partial window, emulated by extra -inf padding at the bottom/right; as
+  in torch, a window that would start in the right padding is dropped.
+  """
+  pads = []
+  for size in x.shape[1:3]:
+    span = size + 2 * padding - window
+    out = (-(-span // stride) if ceil_mode else span // stride) + 1
+    if ceil_mode and (out - 1) * stride >= size + padding:
+      out -= 1
+    extra = max(0, (out - 1) * stride + window - (size + 2 * padding))
+    pads.append((padding, padding + extra))
+  # reduce_window pads with the -inf identity of max, as torch's max pool ignores its padding.
+  return nn.max_pool(x, (window, window), strides=(stride, stride), padding=pads)
+
+
+def _adaptive_avg_pool_axis(x: jax.Array, axis: int, size: int) -> jax.Array:
+  """Averages `x` along `axis` into `size` bins with torch's edges: [floor(i*n/size),
+  ceil((i+1)*n/size)). The bins may overlap (13 -> 6) or repeat a row (1 -> 7)."""
+  n = x.shape[axis]
+  if n == 0:
+    raise ValueError(f'adaptive_avg_pool: empty feature map {x.shape}; the input is too small')
+  if n == size:
+    return x
+  bins = []
+  for i in range(size):
+    start, end = (i * n) // size, -(-((i + 1) * n) // size)
+    window = jax.lax.slice_in_dim(x, start, end, axis=axis)
+    bins.append(jnp.mean(window, axis=axis, keepdims=True))
+  return jnp.concatenate(bins, axis=axis)
+
+
+def adaptive_avg_pool(x: jax.Array, output_size: tuple[int, int]) -> jax.Array:
+  """torch.nn.AdaptiveAvgPool2d(output_size) on an NHWC batch.
+
+  Each output bin is a rectangle of rows x columns with uniform weights, so averaging the rows
+  and then the columns gives torch's value; slices, not a matmul, keep it exact in fp32 on TPU.
+  """
+  x = _adaptive_avg_pool_axis(x, 1, output_size[0])
+  return _adaptive_avg_pool_axis(x, 2, output_size[1])
+
+
+def flatten_nchw(x: jax.Array) -> jax.Array:
+  """Flattens NHWC maps in torch's (C, H, W) order, so a torch Linear's weight imports as is."""
+  return jnp.transpose(x, (0, 3, 1, 2)).reshape((x.shape[0], -1))
+
+
+def _pair(v: int | Sequence[int]) -> tuple[int, int]:
+  return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+class BasicConv2d(nn.Module):
+  """Convolution (no bias), norm, activation: torchvision's BasicConv2d (submodules `conv`, `bn`).
+
+  `conv` and `norm` are partials bound by the network (dtype, init, BN settings, train mode);
+  `padding` is symmetric, per side, as in PyTorch.
+  """
+
+  features: int
+  kernel_size: int | Sequence[int]
+  conv: Any
+  norm: Any
+  act: Callable[[jax.Array], jax.Array]
+  strides: int = 1
+  padding: int | Sequence[int] = 0
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    ph, pw = _pair(self.padding)
+    x = self.conv(self.features, _pair(self.kernel_size), strides=(self.strides, self.strides),
+                  padding=((ph, ph), (pw, pw)), name='conv')(x)
+    return self.act(self.norm(name='bn')(x))

@@ -1,0 +1,118 @@
+"""VGG (Simonyan & Zisserman 2015, "Very Deep Convolutional Networks for Large-Scale Image
+Recognition"), Table 1 configurations A (11 layers), B (13), D (16) and E (19), as one `VGG`
+module built from VGG blocks.
+
+A VGG block is `num_convs` 3x3 convolutions (stride 1, padding 1) each followed by ReLU, then a
+2x2/2 max pool (Sec. 2.1); a net is a sequence of `(num_convs, channels)` blocks. The ImageNet nets
+follow torchvision's layout and names (`features.N`, an adaptive 7x7 average pool, `classifier.0/
+3/6`), with or without BatchNorm after each convolution (the `_bn` variants; Ioffe & Szegedy
+2015), so torchvision state dicts import by name.
+
+`cifar_vgg16` is configuration D with BatchNorm on 32x32 CIFAR images and a single 512 -> classes
+linear head on the 1x1 map left after the fifth pool, no dropout: the "VGG-16 for CIFAR" layout of
+widely used CIFAR code (kuangliu/pytorch-cifar's `VGG('VGG16')`, 14.73M parameters). Liu & Deng
+2015 ("Very Deep Convolutional Neural Network Based Image Classification Using Small Training
+Sample Size") adapt VGG-16 to CIFAR-10 likewise with BatchNorm, but add stronger dropout and keep
+a hidden FC layer; that head is not reproduced here.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from resnet_jax.models import layers
+from resnet_jax.models.registry import register
+
+HEADS = ('imagenet', 'cifar')
+
+
+class VGG(nn.Module):
+  """VGG: blocks of 3x3 convolutions + ReLU and a 2x2/2 max pool, then a classifier.
+
+  Arguments:
+    blocks: `(num_convs, channels)` per block (Table 1: five blocks, 64 -> 512 channels).
+    batch_norm: BatchNorm between each convolution and its ReLU (torchvision's `vggNN_bn`); the
+      convolutions keep their biases, as torchvision's do.
+    head: 'imagenet': adaptive average pool to `pooled_size` x `pooled_size`, then FC-ReLU-dropout,
+      FC-ReLU-dropout, FC (Sec. 2.1: 4096, 4096, classes); 'cifar': one linear layer on the
+      flattened last map (512 features at 32x32).
+    hidden / dropout_rate: width of the hidden FC layers and their dropout (Sec. 3.1: 0.5).
+    act / kernel_init: names in layers.ACTIVATIONS / KERNEL_INITS (torchvision: Kaiming normal,
+      fan_out, for convolutions; the FC layers are N(0, 0.01) as in torchvision and Sec. 3.1).
+    bn_axis_name / bn_momentum / bn_epsilon: as in ResNet (epsilon 1e-5, torch's default).
+  """
+
+  blocks: Sequence[tuple[int, int]]
+  num_classes: int
+  dtype: Any = jnp.float32
+  batch_norm: bool = False
+  head: str = 'imagenet'
+  pooled_size: int = 7
+  hidden: int = 4096
+  dropout_rate: float = 0.5
+  act: str = 'relu'
+  kernel_init: str = 'kaiming'
+  bn_axis_name: str | None = None
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    if self.head not in HEADS:
+      raise ValueError(f'unknown head {self.head!r}; valid: {", ".join(HEADS)}')
+    act = layers.get_activation(self.act)
+    index = 0  # position in torchvision's `features` Sequential
+    for num_convs, channels in self.blocks:
+      for _ in range(num_convs):
+        x = nn.Conv(channels, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
+                    param_dtype=jnp.float32, kernel_init=layers.get_kernel_init(self.kernel_init),
+                    name=f'features.{index}')(x)
+        index += 1
+        if self.batch_norm:
+          x = layers.make_norm('batch', train=train, dtype=self.dtype, axis_name=self.bn_axis_name,
+                               momentum=self.bn_momentum, epsilon=self.bn_epsilon,
+                               name=f'features.{index}')(x)
+          index += 1
+        x = act(x)
+        index += 1
+      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      index += 1
+
+    # torchvision and Sec. 3.1 initialise the FC layers from N(0, 0.01).
+    dense = dict(dtype=self.dtype, param_dtype=jnp.float32,
+                 kernel_init=layers.get_kernel_init('normal_0.01'))
+    if self.head == 'cifar':
+      x = nn.Dense(self.num_classes, name='classifier', **dense)(layers.flatten_nchw(x))
+      return x.astype(jnp.float32)
+    x = layers.flatten_nchw(layers.adaptive_avg_pool(x, (self.pooled_size, self.pooled_size)))
+    for index in (0, 3):  # classifier: Linear, ReLU, Dropout, Linear, ReLU, Dropout, Linear
+      x = act(nn.Dense(self.hidden, name=f'classifier.{index}', **dense)(x))
+      x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    x = nn.Dense(self.num_classes, name='classifier.6', **dense)(x)
+    return x.astype(jnp.float32)
+
+
+# Simonyan & Zisserman 2015, Table 1: (convolutions, channels) of the five blocks.
+CONFIGS = {
+    'A': ((1, 64), (1, 128), (2, 256), (2, 512), (2, 512)),  # VGG-11
+    'B': ((2, 64), (2, 128), (2, 256), (2, 512), (2, 512)),  # VGG-13
+    'D': ((2, 64), (2, 128), (3, 256), (3, 512), (3, 512)),  # VGG-16
+    'E': ((2, 64), (2, 128), (4, 256), (4, 512), (4, 512)),  # VGG-19
+}
+
+# Sec. 3.1: 224x224 crops of ImageNet, 1000 classes; configurations A, B, D, E of Table 1.
+register('vgg11', VGG, input_size=224, num_classes=1000, blocks=CONFIGS['A'])
+register('vgg13', VGG, input_size=224, num_classes=1000, blocks=CONFIGS['B'])
+register('vgg16', VGG, input_size=224, num_classes=1000, blocks=CONFIGS['D'])
+register('vgg19', VGG, input_size=224, num_classes=1000, blocks=CONFIGS['E'])
+register('vgg11_bn', VGG, input_size=224, num_classes=1000, blocks=CONFIGS['A'], batch_norm=True)
+register('vgg13_bn', VGG, input_size=224, num_classes=1000, blocks=CONFIGS['B'], batch_norm=True)
+register('vgg16_bn', VGG, input_size=224, num_classes=1000, blocks=CONFIGS['D'], batch_norm=True)
+register('vgg19_bn', VGG, input_size=224, num_classes=1000, blocks=CONFIGS['E'], batch_norm=True)
+
+# Configuration D with BatchNorm on 32x32 CIFAR-10; five pools leave 1x1x512 for a linear head.
+register('cifar_vgg16', VGG, input_size=32, num_classes=10, blocks=CONFIGS['D'], batch_norm=True,
+         head='cifar')
