@@ -7,6 +7,7 @@ import torch
 import torchvision
 from PIL import Image
 from test_train import make_config
+from twins import randomize_batch_norms
 
 from resnet_jax import convert, train
 from resnet_jax.config import base_config
@@ -17,14 +18,7 @@ from resnet_jax.models import create_model
 def randomized(module: torch.nn.Module) -> torch.nn.Module:
   """A twin with random weights and BatchNorm statistics far from the identity, in eval mode."""
   torch.manual_seed(0)
-  for m in module.modules():
-    if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-      with torch.no_grad():
-        m.running_mean.uniform_(-0.5, 0.5)
-        m.running_var.uniform_(0.5, 1.5)
-        m.weight.uniform_(0.5, 1.5)
-        m.bias.uniform_(-0.5, 0.5)
-  return module.eval()
+  return randomize_batch_norms(module).eval()
 
 
 def relative_difference(name: str, twin: torch.nn.Module, size: int = 64) -> float:

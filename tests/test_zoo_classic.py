@@ -7,6 +7,7 @@ import pytest
 import torch
 import torchvision
 from torch import nn as tnn
+from twins import randomize_batch_norms
 
 from resnet_jax import convert
 from resnet_jax.models import alexnet, nin, squeezenet, vgg  # noqa: F401  (registers the models)
@@ -106,14 +107,9 @@ def test_local_response_norm_is_the_papers():
 def randomized(module: torch.nn.Module) -> torch.nn.Module:
   """A twin with random weights, BatchNorm statistics far from the identity, in eval mode."""
   torch.manual_seed(0)
+  randomize_batch_norms(module)
   for m in module.modules():
-    if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-      with torch.no_grad():
-        m.running_mean.uniform_(-0.5, 0.5)
-        m.running_var.uniform_(0.5, 1.5)
-        m.weight.uniform_(0.5, 1.5)
-        m.bias.uniform_(-0.5, 0.5)
-    elif isinstance(m, (tnn.Conv2d, tnn.Linear)) and m.bias is not None:
+    if isinstance(m, (tnn.Conv2d, tnn.Linear)) and m.bias is not None:
       with torch.no_grad():  # torchvision zeroes VGG's and SqueezeNet's biases: test them too
         m.bias.uniform_(-0.1, 0.1)
   return module.eval()

@@ -4,13 +4,13 @@ import functools
 import jax
 import numpy as np
 import pytest
+import torch
+import torchvision
+from twins import randomize_batch_norms
 
+from resnet_jax.convert import from_torch
 from resnet_jax.models import googlenet, inception  # noqa: F401  (registers the models)
 from resnet_jax.models.registry import count_params, create_model
-
-torch = pytest.importorskip('torch')
-torchvision = pytest.importorskip('torchvision')
-from resnet_jax.convert import from_torch  # noqa: E402
 
 
 @pytest.mark.parametrize('name, overrides, expected', [
@@ -35,12 +35,7 @@ def _twin(builder, **kwargs):
     for module in model.modules():
       if isinstance(module, torch.nn.Conv2d):
         torch.nn.init.kaiming_normal_(module.weight, nonlinearity='relu')
-      elif isinstance(module, torch.nn.BatchNorm2d):
-        module.running_mean.uniform_(-0.5, 0.5)
-        module.running_var.uniform_(0.5, 1.5)
-        module.weight.uniform_(0.5, 1.5)
-        module.bias.uniform_(-0.5, 0.5)
-  return model
+  return randomize_batch_norms(model)
 
 
 def _inputs(size, batch=2):

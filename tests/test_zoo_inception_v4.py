@@ -4,13 +4,13 @@ import functools
 import jax
 import numpy as np
 import pytest
+import timm
+import torch
+from twins import randomize_batch_norms
 
+from resnet_jax.convert import from_torch
 from resnet_jax.models import inception_v4  # noqa: F401  (registers the models)
 from resnet_jax.models.registry import count_params, create_model
-
-torch = pytest.importorskip('torch')
-timm = pytest.importorskip('timm')
-from resnet_jax.convert import from_torch  # noqa: E402
 
 # 139x139 instead of 299: the smallest side whose last grid is still 3x3 (139 -> 69 -> 67 -> 33 ->
 # 31 -> 15 -> 7 -> 3), so every padded conv and every count_include_pad=False border average is
@@ -30,14 +30,7 @@ def _twin(name):
   """A randomly initialised timm model in eval mode whose BatchNorms are not identities."""
   torch.manual_seed(0)
   model = timm.create_model(name, pretrained=False)
-  with torch.no_grad():
-    for module in model.modules():
-      if isinstance(module, torch.nn.BatchNorm2d):
-        module.running_mean.uniform_(-0.5, 0.5)
-        module.running_var.uniform_(0.5, 1.5)
-        module.weight.uniform_(0.5, 1.5)
-        module.bias.uniform_(-0.5, 0.5)
-  return model.eval()
+  return randomize_batch_norms(model).eval()
 
 
 @pytest.mark.parametrize('name', ['inception_v4', 'inception_resnet_v2'])

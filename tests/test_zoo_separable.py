@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+from twins import randomize_batch_norms
 
 from resnet_jax import convert
 from resnet_jax.models import mobilenet, xception  # noqa: F401  (registers the models)
@@ -59,14 +60,7 @@ def _twin(name, **kwargs):
   """A randomly initialised timm model in eval mode whose BatchNorms are not identities."""
   torch.manual_seed(0)
   model = timm.create_model(name, pretrained=False, **kwargs)
-  with torch.no_grad():
-    for m in model.modules():
-      if isinstance(m, torch.nn.BatchNorm2d):  # timm's BatchNormAct2d included
-        m.weight.uniform_(0.5, 1.5)
-        m.bias.uniform_(-0.5, 0.5)
-        m.running_mean.uniform_(-0.5, 0.5)
-        m.running_var.uniform_(0.5, 1.5)
-  return model.eval()
+  return randomize_batch_norms(model).eval()
 
 
 def _outputs(name, twin, size, *, train=False, **overrides):

@@ -1,0 +1,15 @@
+"""Torch twins for the weight-import tests: random weights, BatchNorms that are not identities."""
+import torch
+
+
+def randomize_batch_norms(model: torch.nn.Module) -> torch.nn.Module:
+  """Draws every BatchNorm's statistics and affine parameters away from the identity (in place),
+  so that eval-mode BN, and its import, are really exercised. Seed torch first."""
+  with torch.no_grad():
+    for m in model.modules():
+      if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):  # timm's BatchNormAct2d too.
+        m.running_mean.uniform_(-0.5, 0.5)
+        m.running_var.uniform_(0.5, 1.5)
+        m.weight.uniform_(0.5, 1.5)
+        m.bias.uniform_(-0.5, 0.5)
+  return model
