@@ -42,12 +42,12 @@ def forward_flops(name: str, batch: int = 1) -> float:
   return float(cost['flops'])
 
 
-# The paper of each family, by name pattern (first match wins).
+# The paper of each family, by a pattern searched in the name (first match wins).
 PAPERS = [
     (r'lenet', 'LeCun et al. 1998'), (r'cifar_resnet', 'He et al. 2015, Sec. 4.2'),
-    (r'plain', 'He et al. 2015, Sec. 4 (plain)'), (r'resnet\d', 'He et al. 2015'),
-    (r'preact', 'He et al. 2016'), (r'alexnet', 'Krizhevsky et al. 2012'),
-    (r'vgg', 'Simonyan & Zisserman 2015'), (r'nin', 'Lin et al. 2014'),
+    (r'plain', 'He et al. 2015, Sec. 4 (plain)'), (r'preact', 'He et al. 2016'),
+    (r'^resnet', 'He et al. 2015'), (r'alexnet', 'Krizhevsky et al. 2012'),
+    (r'vgg', 'Simonyan & Zisserman 2015'), (r'nin$', 'Lin et al. 2014'),
     (r'googlenet', 'Szegedy et al. 2015'), (r'inception_v3', 'Szegedy et al. 2016'),
     (r'inception_(v4|resnet)', 'Szegedy et al. 2017'), (r'xception', 'Chollet 2017'),
     (r'mobilenet', 'Howard et al. 2017'), (r'squeezenet', 'Iandola et al. 2016'),
@@ -55,7 +55,7 @@ PAPERS = [
 
 
 def paper(name: str) -> str:
-  return next((cite for pattern, cite in PAPERS if re.match(pattern, name)), '')
+  return next((cite for pattern, cite in PAPERS if re.search(pattern, name)), '')
 
 
 def zoo_rows(names: list[str]) -> list[dict]:
