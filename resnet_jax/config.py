@@ -19,15 +19,34 @@ def base_config() -> ml_collections.ConfigDict:
   c.batch_size = 128  # Global, over every device of every host.
   c.dtype = 'float32'  # Computation dtype; parameters and optimizer state stay float32.
   c.parallelism = 'shard_map'  # Or 'pmap': the same per-device step, mapped by jax.pmap.
-  c.label_smoothing = 0.0
+  c.label_smoothing = 0.0  # Szegedy et al. 2016, Sec. 7: 0.1 on ImageNet.
+  # Micro-batches per device, run in turn with one update: the memory of batch_size / k, the
+  # update of batch_size (BatchNorm sees each micro-batch on its own).
+  c.grad_accum_steps = 1
+  c.ema_decay = 0.0  # Polyak averaging of the weights, evaluated too; 0.9999: Tan & Le 2019.
+  c.mixup_alpha = 0.0  # Zhang et al. 2018, Sec. 3: Beta(alpha, alpha); 0.2 ImageNet, 1.0 CIFAR.
+  c.cutmix_alpha = 0.0  # Yun et al. 2019, Sec. 4: 1.0.
+  c.mix_prob = 1.0  # Chance a batch is mixed at all (timm's mixup `prob`).
+  c.mix_switch_prob = 0.5  # With both alphas set: chance of CutMix rather than mixup (timm).
 
   c.model = ml_collections.ConfigDict()
   c.model.name = 'lenet5'
   c.model.sync_bn = False  # True: BatchNorm statistics over the global batch (cross-replica).
   # Overrides passed to create_model when set; unset means the registered model's default.
+  # layers.ACTIVATIONS name, or 'leaky_relu:0.2' (Maas et al. 2013); 'selu': Klambauer et al. 2017.
   c.model.act = config_dict.placeholder(str)
+  # The models' kernel_init: layers.KERNEL_INITS name or 'normal:STD'; 'xavier_normal' (Glorot &
+  # Bengio 2010), 'kaiming_in' (He et al. 2015b, Sec. 2.2). Unset with act=selu: 'lecun'.
+  c.model.init = config_dict.placeholder(str)
+  c.model.norm = config_dict.placeholder(str)  # 'batch' (Ioffe & Szegedy 2015) | 'none'
   c.model.zero_init_residual = config_dict.placeholder(bool)
   c.model.dropout_rate = config_dict.placeholder(float)
+  # LeNet-5's F6 + output, ResNet's head: per-example weight masks (Wan et al. 2013, Sec. 2-3).
+  c.model.dropconnect_rate = config_dict.placeholder(float)
+  # ResNet: 1 - p_L of the linear decay rule; 0.5 is Huang et al. 2016's p_L = 0.5 (Sec. 3-4).
+  c.model.stochastic_depth = config_dict.placeholder(float)
+  # FMP nets: pooling draws averaged at test; Graham 2014, Sec. 4: 12 or more repetitions.
+  c.model.test_draws = config_dict.placeholder(int)
 
   c.dataset = ml_collections.ConfigDict()
   c.dataset.source = 'digits'  # 'digits' | 'tfds:NAME' | 'folder:PATH'
@@ -35,27 +54,65 @@ def base_config() -> ml_collections.ConfigDict:
   c.dataset.eval_split = 'test'
   c.dataset.val_fraction = 0.0  # Share of 'train' carved off as 'validation' when none is stored.
   c.dataset.image_size = 32
-  c.dataset.augment = 'none'  # 'none' | 'cifar' | 'imagenet'
+  # A preset ('none', 'cifar', 'cifar_cutout', 'imagenet', 'resnet_imagenet') or a comma-separated
+  # list of scale|random_resized_crop|pad_crop, flip, colour_jitter, pca_lighting, cutout (run in
+  # that order, whatever the order listed).
+  c.dataset.augment = 'none'
+  c.dataset.pad = 4  # pad_crop: He et al. 2015, Sec. 4.2: 4 pixels padded on each side.
+  c.dataset.scale_range = (256, 480)  # scale: He et al. 2015, Sec. 3.4: shorter side in [256, 480].
+  c.dataset.crop_scale = (0.08, 1.0)  # random_resized_crop: Szegedy et al. 2015, Sec. 6: 8%-100%.
+  c.dataset.crop_ratio = (3 / 4, 4 / 3)  # random_resized_crop: Szegedy et al. 2015, Sec. 6.
+  # colour_jitter strengths, torchvision ColorJitter semantics; 0.4 as fb.resnet.torch's ImageNet
+  # recipe (Gross & Wilber 2016); 0 leaves that property alone.
+  c.dataset.jitter_brightness = 0.4
+  c.dataset.jitter_contrast = 0.4
+  c.dataset.jitter_saturation = 0.4
+  c.dataset.pca_lighting_std = 0.1  # Krizhevsky et al. 2012, Sec. 4.1: alpha_i ~ N(0, 0.1).
+  c.dataset.cutout_size = 16  # DeVries & Taylor 2017, Sec. 4.1: a 16x16 square on CIFAR-10.
+  # 'fixed' (mean/std below) | 'mean' (training mean image; Krizhevsky et al. 2012, Sec. 2) |
+  # 'standardize' | 'pca_whiten' | 'zca_whiten', fitted on the training split (data/preprocess.py).
+  c.dataset.preprocess = 'fixed'
   c.dataset.mean = (127.5,)  # Per channel, on the 0..255 scale; one value broadcasts.
   c.dataset.std = (127.5,)
+  # Added to the covariance eigenvalues (0..1 pixel scale) before whitening: 0.01, the UFLDL
+  # tutorial's start for [0, 1] data (Ng et al., "Data preprocessing"); on CIFAR-10 it whitens
+  # the ~490 of 3072 components above it (the eigenvalues average 0.06) and damps the rest.
+  c.dataset.whiten_epsilon = 0.01
+  c.dataset.fit_examples = 10000  # Training examples (a fixed subset) the statistics come from.
   c.dataset.num_workers = 0  # Grain worker processes for decoding and augmentation.
   c.dataset.skip_corrupt = False  # Image folders: check every file first, drop and count bad ones.
 
   c.optimizer = ml_collections.ConfigDict()
-  c.optimizer.name = 'sgd'  # 'sgd' | 'adamw'
-  c.optimizer.momentum = 0.9
-  c.optimizer.nesterov = False
-  c.optimizer.weight_decay = 1e-4
-  c.optimizer.b1 = 0.9
+  c.optimizer.name = 'sgd'  # 'sgd' | 'adam' | 'adamw' | 'rmsprop' | 'lars' | 'lamb'
+  c.optimizer.momentum = 0.9  # sgd, rmsprop (0: plain RMSprop), lars.
+  c.optimizer.nesterov = False  # Sutskever et al. 2013.
+  c.optimizer.weight_decay = 1e-4  # Not on BatchNorm scales/offsets or biases.
+  # 'l2' (into the gradient) | 'loss' (0.5 wd ||w||^2 in the loss) | 'decoupled' (Loshchilov &
+  # Hutter 2019); unset: 'decoupled' for adamw and lamb, 'l2' for the others.
+  c.optimizer.decay_style = config_dict.placeholder(str)
+  c.optimizer.b1 = 0.9  # Adam/AdamW/LAMB (Kingma & Ba 2015, Sec. 2).
   c.optimizer.b2 = 0.999
+  c.optimizer.eps = config_dict.placeholder(float)  # Unset: 1e-8 (Adam, RMSprop), 1e-6 (LAMB).
+  c.optimizer.rms_decay = 0.9  # RMSprop's rho (Tieleman & Hinton 2012, lecture 6e).
+  c.optimizer.trust_coefficient = 0.001  # LARS's eta (You et al. 2017, Sec. 3).
+  c.optimizer.clip_norm = 0.0  # Clip the gradient's global norm; 0 = off (Pascanu et al. 2013).
 
   c.schedule = ml_collections.ConfigDict()
-  c.schedule.name = 'cosine'  # 'constant' | 'step' | 'cosine'
+  # 'constant' | 'step' | 'multistep' | 'exponential' | 'cosine' | 'cosine_restarts' | 'onecycle'
+  # | 'onecycle_linear' | 'polynomial' (see optim.learning_rate_schedule).
+  c.schedule.name = 'cosine'
   c.schedule.base_lr = 0.1
   c.schedule.scale_by_batch = False  # lr = base_lr * batch_size / 256 (Goyal et al. 2017).
-  c.schedule.warmup_epochs = 0.0
-  c.schedule.boundaries = (30.0, 60.0, 80.0)  # Epochs, for 'step'.
-  c.schedule.decay_factor = 0.1
+  c.schedule.warmup_epochs = 0.0  # Linear from 0 (Goyal et al. 2017, Sec. 2.2: 5 epochs).
+  c.schedule.boundaries = (30.0, 60.0, 80.0)  # Epochs, for 'multistep' (He et al. 2015, 3.4).
+  c.schedule.decay_factor = 0.1  # Per drop ('step', 'multistep'), per epoch ('exponential').
+  c.schedule.step_epochs = config_dict.placeholder(float)  # 'step': every so many epochs.
+  c.schedule.restart_epochs = 10.0  # SGDR's first period T_0 (Loshchilov & Hutter 2017, Sec. 4).
+  c.schedule.restart_mult = 2.0  # SGDR's T_mult: each period that much longer.
+  c.schedule.pct_start = 0.3  # One-cycle: share of the run rising to base_lr (torch's default).
+  c.schedule.div_factor = 25.0  # One-cycle: starts at base_lr / div_factor.
+  c.schedule.final_div_factor = 1e4  # One-cycle: ends at base_lr / div_factor / this.
+  c.schedule.power = 2.0  # 'polynomial' (You et al. 2017: 2 with LARS).
 
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3
@@ -79,6 +136,48 @@ def check_config(config) -> None:
       raise ValueError(f'config.{field} must be >= 1, got {config[field]}')
   if config.num_epochs <= 0:
     raise ValueError(f'config.num_epochs must be > 0, got {config.num_epochs}')
+  if config.grad_accum_steps < 1:
+    raise ValueError(f'config.grad_accum_steps must be >= 1, got {config.grad_accum_steps}')
+  if not 0 <= config.ema_decay < 1:
+    raise ValueError(f'config.ema_decay must be in [0, 1) (0 = off), got {config.ema_decay}')
+  o, s = config.optimizer, config.schedule
+  for field, value in (('mixup_alpha', config.mixup_alpha), ('cutmix_alpha', config.cutmix_alpha),
+                       ('optimizer.clip_norm', o.clip_norm),
+                       ('optimizer.weight_decay', o.weight_decay)):
+    if value < 0:
+      raise ValueError(f'config.{field} must be >= 0, got {value}')
+  for field, value in (('mix_prob', config.mix_prob), ('mix_switch_prob', config.mix_switch_prob),
+                       ('schedule.pct_start', s.pct_start)):
+    if not 0 <= value <= 1:
+      raise ValueError(f'config.{field} must be in [0, 1], got {value}')
+  if s.restart_epochs <= 0 or s.restart_mult < 1:
+    raise ValueError('config.schedule.restart_epochs must be > 0 and config.schedule.restart_mult '
+                     f'>= 1, got {s.restart_epochs} and {s.restart_mult}')
+  if s.step_epochs is not None and s.step_epochs <= 0:
+    raise ValueError(f'config.schedule.step_epochs must be > 0, got {s.step_epochs}')
   if len(config.dataset.mean) != len(config.dataset.std):
     raise ValueError('config.dataset.mean and config.dataset.std need the same number of values, '
                      f'got {config.dataset.mean} and {config.dataset.std}')
+  check_dataset_augment_and_preprocess(config.dataset)
+
+
+def check_dataset_augment_and_preprocess(d) -> None:
+  """config.dataset.augment's op names and numbers, and config.dataset.preprocess."""
+  from resnet_jax.data.augment import parse_augment
+  from resnet_jax.data.preprocess import check_preprocess
+  if 'scale' in parse_augment(d.augment) and d.scale_range[0] < d.image_size:
+    raise ValueError(f'config.dataset.scale_range {d.scale_range} must start at '
+                     f'config.dataset.image_size ({d.image_size}) or above')
+  check_preprocess(d)
+  bounds = {'scale_range': (lambda lo, hi: 1 <= lo <= hi, '1 <= low <= high'),
+            'crop_scale': (lambda lo, hi: 0 < lo <= hi <= 1, '0 < low <= high <= 1'),
+            'crop_ratio': (lambda lo, hi: 0 < lo <= hi, '0 < low <= high')}
+  for field, (valid, rule) in bounds.items():
+    if len(d[field]) != 2 or not valid(*d[field]):
+      raise ValueError(f'config.dataset.{field} must be (low, high) with {rule}, got {d[field]}')
+  for field in ('pad', 'jitter_brightness', 'jitter_contrast', 'jitter_saturation',
+                'pca_lighting_std'):
+    if d[field] < 0:
+      raise ValueError(f'config.dataset.{field} must be >= 0, got {d[field]}')
+  if d.cutout_size < 1:
+    raise ValueError(f'config.dataset.cutout_size must be >= 1, got {d.cutout_size}')

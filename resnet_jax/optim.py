@@ -1,45 +1,145 @@
-"""Optax optimizers and learning-rate schedules from `config.optimizer` and `config.schedule`."""
+"""Optax optimizers and learning-rate schedules from `config.optimizer` and `config.schedule`.
+
+Every optimizer is one chain, in this order:
+
+  clip by global norm -> 'l2' decay -> the optimizer's direction -> 'decoupled' decay
+  -> trust ratio (LARS, LAMB) -> learning rate -> momentum after the rate (LARS)
+
+so the decay styles differ only in where `weight_decay * w` enters (`decay_style`):
+- 'l2': added to the gradient before the optimizer (torch's `weight_decay` argument of SGD, Adam,
+  RMSprop), so Adam divides it by sqrt(v) like any gradient;
+- 'loss': an explicit `0.5 * weight_decay * ||w||^2` term in the loss (the train step adds it and
+  reports it as `decay_loss`); for SGD the same update as 'l2' (a test);
+- 'decoupled': added to the optimizer's update, then scaled by the learning rate (Loshchilov &
+  Hutter 2019, Alg. 1-2: SGDW, AdamW). As in torch's AdamW and optax, the decay is multiplied by
+  the scheduled rate lr_t, not by the schedule multiplier eta_t alone: the paper's lambda is our
+  weight_decay times base_lr.
+BatchNorm scales/offsets and biases get no decay and no LARS/LAMB adaptation (`decay_mask`).
+"""
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import optax
 
-OPTIMIZERS = ('sgd', 'adamw')
-SCHEDULES = ('constant', 'step', 'cosine')
+OPTIMIZERS = ('sgd', 'adam', 'adamw', 'rmsprop', 'lars', 'lamb')
+DECAY_STYLES = ('l2', 'loss', 'decoupled')
+SCHEDULES = ('constant', 'step', 'multistep', 'exponential', 'cosine', 'cosine_restarts',
+             'onecycle', 'onecycle_linear', 'polynomial')
+
+# The decay style of each optimizer's paper or usual implementation (`optimizer.decay_style` unset).
+DEFAULT_DECAY_STYLE = {
+    'sgd': 'l2', 'adam': 'l2', 'rmsprop': 'l2',  # torch.optim's weight_decay.
+    'adamw': 'decoupled',  # Loshchilov & Hutter 2019, Alg. 2.
+    'lars': 'l2',  # You et al. 2017, Alg. 1: the trust ratio sees grad + beta * w.
+    'lamb': 'decoupled',  # You et al. 2020, Alg. 2: r_t + lambda * x_t before the trust ratio.
+}
+# `optimizer.eps` unset: torch's defaults; LAMB 1e-6 (You et al. 2020, Sec. 4); SGD and LARS none.
+DEFAULT_EPS = {'sgd': 0.0, 'adam': 1e-8, 'adamw': 1e-8, 'rmsprop': 1e-8, 'lars': 0.0,
+               'lamb': 1e-6}
 
 
 def base_learning_rate(config) -> float:
   """`schedule.base_lr`, scaled by batch / 256 when `schedule.scale_by_batch` is set.
 
   The linear scaling rule of Goyal et al. 2017, Sec. 2.1 (ResNet-50: 0.1 for batch 256).
+  `batch_size` is the batch of one update, whatever `grad_accum_steps` splits it into.
   """
   lr = config.schedule.base_lr
   return lr * config.batch_size / 256 if config.schedule.scale_by_batch else lr
 
 
-def learning_rate_schedule(config, steps_per_epoch: int) -> optax.Schedule:
-  """Linear warmup for `schedule.warmup_epochs`, then constant, step or cosine decay.
+def total_steps(config, steps_per_epoch: int) -> int:
+  """The number of updates of the whole run."""
+  return max(1, int(round(config.num_epochs * steps_per_epoch)))
 
-  `step` multiplies the rate by `schedule.decay_factor` at each of `schedule.boundaries`
-  (in epochs, fractions allowed, counted from the start of training).
+
+def learning_rate_schedule(config, steps_per_epoch: int) -> optax.Schedule:
+  """Linear warmup for `schedule.warmup_epochs` (from 0; Goyal et al. 2017, Sec. 2.2, gradual
+  warmup), then `schedule.name`:
+
+  - constant: `base_lr`.
+  - step: times `decay_factor` every `step_epochs` (torch's StepLR); with `step_epochs` unset, at
+    `boundaries` like 'multistep' (the meaning 'step' had before 'multistep' existed).
+  - multistep: times `decay_factor` at each of `boundaries` (He et al. 2015, Sec. 3.4: /10 at
+    epochs 30 and 60). Epochs for both count from the start of training, warmup included.
+  - exponential: times `decay_factor` per epoch, continuously.
+  - cosine: half a cosine from `base_lr` to 0 at the last step (Loshchilov & Hutter 2017, Eq. 5
+    without restarts).
+  - cosine_restarts: SGDR (Loshchilov & Hutter 2017, Eq. 5): cosine cycles from `base_lr` to 0,
+    the first `restart_epochs` long, each next one `restart_mult` times longer.
+  - onecycle: from base_lr / div_factor up to `base_lr` at `pct_start` of the run, then down to
+    base_lr / (div_factor * final_div_factor), both halves cosine (torch's OneCycleLR, fastai).
+  - onecycle_linear: Smith & Topin 2018 (Super-convergence, Sec. 3): linear up to base_lr at
+    `pct_start`, linear back to base_lr / div_factor at 85% of the run, then annihilation to
+    base_lr / (div_factor * final_div_factor) (optax.linear_onecycle_schedule).
+  - polynomial: base_lr * (1 - t / T)^power (You et al. 2017 use power 2 with LARS).
+  All but step and multistep start at the end of the warmup and reach their end at the last step.
   """
   s = config.schedule
   if s.name not in SCHEDULES:
     raise ValueError(f"config.schedule.name '{s.name}' is not one of {SCHEDULES}")
   lr = base_learning_rate(config)
-  total = int(config.num_epochs * steps_per_epoch)
   warmup = int(s.warmup_epochs * steps_per_epoch)
+  steps = max(1, total_steps(config, steps_per_epoch) - warmup)  # After the warmup.
   if s.name == 'constant':
     main = optax.constant_schedule(lr)
+  elif s.name in ('step', 'multistep'):
+    main = _drops(lr, s, steps_per_epoch, warmup, config.num_epochs)
+  elif s.name == 'exponential':
+    main = optax.exponential_decay(lr, transition_steps=steps_per_epoch, decay_rate=s.decay_factor)
   elif s.name == 'cosine':
-    main = optax.cosine_decay_schedule(lr, decay_steps=max(1, total - warmup))
+    main = optax.cosine_decay_schedule(lr, decay_steps=steps)
+  elif s.name == 'cosine_restarts':
+    main = _cosine_restarts(lr, max(1, int(round(s.restart_epochs * steps_per_epoch))),
+                            s.restart_mult, steps)
+  elif s.name == 'onecycle':
+    main = optax.cosine_onecycle_schedule(steps, lr, pct_start=s.pct_start,
+                                          div_factor=s.div_factor,
+                                          final_div_factor=s.final_div_factor)
+  elif s.name == 'onecycle_linear':
+    main = optax.linear_onecycle_schedule(steps, lr, pct_start=s.pct_start,
+                                          div_factor=s.div_factor,
+                                          final_div_factor=s.final_div_factor)
   else:
-    boundaries = {int(b * steps_per_epoch) - warmup: s.decay_factor for b in s.boundaries}
-    main = optax.piecewise_constant_schedule(lr, boundaries)
+    main = optax.polynomial_schedule(lr, 0.0, power=s.power, transition_steps=steps)
   if warmup == 0:
     return main
   ramp = optax.linear_schedule(0.0, lr, transition_steps=warmup)
   return optax.join_schedules([ramp, main], boundaries=[warmup])
+
+
+def _drops(lr: float, s, steps_per_epoch: int, warmup: int, num_epochs: float) -> optax.Schedule:
+  """'step' and 'multistep': lr * decay_factor ** (drops reached), at epochs counted from the
+  start of training; the schedule itself is called with steps counted after the warmup."""
+  if s.name == 'step' and s.step_epochs is not None:
+    every = max(1, int(round(s.step_epochs * steps_per_epoch)))
+    boundaries = range(every, int(num_epochs * steps_per_epoch) + every + 1, every)
+  else:
+    boundaries = [int(b * steps_per_epoch) for b in s.boundaries]
+  at = jnp.asarray(sorted(boundaries), jnp.int32)
+
+  def schedule(count):
+    reached = jnp.sum(count + warmup >= at)
+    return lr * jnp.asarray(s.decay_factor, jnp.float32) ** reached
+  return schedule
+
+
+def _cosine_restarts(lr: float, period: int, mult: float, steps: int) -> optax.Schedule:
+  """SGDR: cycle i is round(period * mult^i) steps of lr * (1 + cos(pi * t_cur / T_i)) / 2."""
+  starts, lengths = [0], []
+  while True:
+    lengths.append(max(1, int(round(period * mult ** len(lengths)))))
+    if starts[-1] + lengths[-1] >= steps:
+      break
+    starts.append(starts[-1] + lengths[-1])
+  starts, lengths = jnp.asarray(starts, jnp.int32), jnp.asarray(lengths, jnp.int32)
+
+  def schedule(count):
+    i = jnp.searchsorted(starts, count, side='right') - 1
+    t_cur = jnp.minimum(count - starts[i], lengths[i])
+    return lr * 0.5 * (1 + jnp.cos(jnp.pi * t_cur / lengths[i]))
+  return schedule
 
 
 def decay_mask(params):
@@ -50,14 +150,72 @@ def decay_mask(params):
   return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-def create_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
-  """SGD (momentum, optional Nesterov) with coupled L2 decay as in torch, or AdamW."""
+def decay_style(config) -> str:
+  """`optimizer.decay_style`, or the optimizer's own when unset (DEFAULT_DECAY_STYLE)."""
   o = config.optimizer
-  schedule = learning_rate_schedule(config, steps_per_epoch)
-  if o.name == 'sgd':
-    return optax.chain(
-        optax.add_decayed_weights(o.weight_decay, mask=decay_mask),
-        optax.sgd(schedule, momentum=o.momentum or None, nesterov=o.nesterov))
-  if o.name == 'adamw':
-    return optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=decay_mask)
-  raise ValueError(f"config.optimizer.name '{o.name}' is not one of {OPTIMIZERS}")
+  if o.name not in OPTIMIZERS:
+    raise ValueError(f"config.optimizer.name '{o.name}' is not one of {OPTIMIZERS}")
+  style = o.decay_style if o.decay_style is not None else DEFAULT_DECAY_STYLE[o.name]
+  if style not in DECAY_STYLES:
+    raise ValueError(f"config.optimizer.decay_style '{style}' is not one of {DECAY_STYLES}")
+  return style
+
+
+def loss_weight_decay(config) -> float:
+  """The coefficient of the train step's explicit decay term: weight_decay for 'loss', else 0."""
+  return config.optimizer.weight_decay if decay_style(config) == 'loss' else 0.0
+
+
+def weight_decay_loss(params, weight_decay: float) -> jax.Array:
+  """0.5 * weight_decay * ||w||^2 over the decayed weights (`decay_mask`): its gradient is
+  weight_decay * w, the 'l2' style's term."""
+  leaves = [p for p, decayed in zip(jax.tree.leaves(params), jax.tree.leaves(decay_mask(params)))
+            if decayed]
+  return 0.5 * weight_decay * sum(jnp.sum(jnp.square(p.astype(jnp.float32))) for p in leaves)
+
+
+def create_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
+  """`optimizer.name` with its decay style, gradient clipping and the learning-rate schedule.
+
+  - sgd: heavy-ball momentum (or Nesterov) as torch.optim.SGD (dampening 0): buf = m buf + g,
+    w -= lr buf (Sutskever et al. 2013 for Nesterov).
+  - adam, adamw: Kingma & Ba 2015, Alg. 1 (bias-corrected; eps outside the square root, as torch).
+  - rmsprop: torch.optim.RMSprop's form: v = rho v + (1 - rho) g^2, step g / (sqrt(v) + eps),
+    eps outside the root, v from 0, then momentum `momentum` (0 for plain RMSprop; Tieleman &
+    Hinton 2012, lecture 6e). TF's variant (eps inside the root, v from 1) is not this one.
+  - lars: You et al. 2017, Alg. 1: per layer, the update (grad + weight_decay w) is scaled by
+    trust_coefficient ||w|| / ||grad + weight_decay w||, times the rate, then momentum. The paper
+    divides by ||grad|| + weight_decay ||w|| (>= ours, by the triangle inequality); we use optax's.
+  - lamb: You et al. 2020, Alg. 2: the Adam update plus decoupled decay, scaled per layer by
+    ||w|| / ||update||.
+  `optimizer.clip_norm` > 0 first rescales the averaged gradient to at most that global norm
+  (Pascanu et al. 2013, Sec. 3.2, Alg. 1), before any decay is added.
+  """
+  o = config.optimizer
+  style = decay_style(config)
+  name = o.name
+  eps = o.eps if o.eps is not None else DEFAULT_EPS[name]
+  # Both decay places and the clip are always in the chain (0 or identity when unused): their
+  # states hold no arrays, and a fixed layout lets a run resume with another weight_decay or
+  # clip_norm.
+  decay = lambda used: optax.add_decayed_weights(o.weight_decay if used else 0.0, mask=decay_mask)
+  parts = [optax.clip_by_global_norm(o.clip_norm) if o.clip_norm > 0 else optax.identity(),
+           decay(style == 'l2')]
+  if name == 'sgd' and o.momentum:
+    parts.append(optax.trace(decay=o.momentum, nesterov=o.nesterov))
+  elif name in ('adam', 'adamw', 'lamb'):
+    parts.append(optax.scale_by_adam(b1=o.b1, b2=o.b2, eps=eps))
+  elif name == 'rmsprop':
+    parts.append(optax.scale_by_rms(decay=o.rms_decay, eps=eps, eps_in_sqrt=False))
+    if o.momentum:
+      parts.append(optax.trace(decay=o.momentum, nesterov=o.nesterov))
+  parts.append(decay(style == 'decoupled'))
+  if name in ('lars', 'lamb'):
+    # You et al. 2017, Sec. 3: LARS's eta = 0.001; LAMB's phi is the identity (coefficient 1).
+    ratio = optax.scale_by_trust_ratio(
+        trust_coefficient=o.trust_coefficient if name == 'lars' else 1.0, eps=eps)
+    parts.append(optax.masked(ratio, decay_mask))  # BN and biases keep the plain update.
+  parts.append(optax.scale_by_learning_rate(learning_rate_schedule(config, steps_per_epoch)))
+  if name == 'lars' and o.momentum:
+    parts.append(optax.trace(decay=o.momentum, nesterov=o.nesterov))
+  return optax.chain(*parts)

@@ -33,11 +33,17 @@ from resnet_jax.config import check_config
 from resnet_jax.models import create_model, model_spec
 
 AXIS = 'batch'
+# The named RNG streams a model may draw from in training: dropout and DropConnect, stochastic
+# depth, fractional max pooling (evaluation passes a fixed 'fmp' key).
+RNG_STREAMS = ('dropout', 'drop_path', 'fmp')
 
 
 class TrainState(train_state.TrainState):
   batch_stats: Any
   skipped_steps: Any = 0  # Updates dropped for a non-finite loss or gradient (skip_nonfinite).
+  # config.ema_decay > 0: {'params', 'batch_stats'} averaged over the steps (Polyak averaging),
+  # checkpointed with the rest and evaluated beside the raw weights; {} when off.
+  ema: Any = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -84,7 +90,8 @@ class DataParallel:
   def unreplicate(self, tree):
     """The 'state' layout -> one copy (device arrays; fetch with jax.device_get)."""
     if self.mode == 'pmap':
-      return jax.tree.map(lambda x: x[0], tree)
+      # A stacked NumPy leaf's x[0] is a NumPy scalar (not an array): orbax cannot restore into it.
+      return jax.tree.map(lambda x: x[0] if isinstance(x, jax.Array) else np.asarray(x[0]), tree)
     return tree
 
   def shard_batch(self, batch: dict[str, np.ndarray]) -> dict:
@@ -97,27 +104,45 @@ class DataParallel:
 
 
 def build_model(config, num_classes: int):
-  """The registered model with the config's overrides (unset fields keep the model's default)."""
+  """The registered model with the config's overrides (unset fields keep the model's default).
+
+  `config.model.init` becomes the model's `kernel_init`. A model whose activation is 'selu' (set
+  or by default) and whose init is not set gets 'lecun', the init SELU's fixed point assumes.
+  """
   overrides = {k: v for k, v in config.model.items()
-               if k not in ('name', 'sync_bn') and v is not None}
+               if k not in ('name', 'sync_bn', 'init') and v is not None}
+  if config.model.init is not None:
+    overrides['kernel_init'] = config.model.init
   if config.model.sync_bn:
     overrides['bn_axis_name'] = AXIS
   dtype = jnp.bfloat16 if config.dtype == 'bfloat16' else jnp.float32
-  return create_model(config.model.name, num_classes=num_classes, dtype=dtype, **overrides)
+  model = create_model(config.model.name, num_classes=num_classes, dtype=dtype, **overrides)
+  fields = {f.name for f in dataclasses.fields(model)}
+  if (config.model.init is None and {'act', 'kernel_init'} <= fields and model.act == 'selu'
+      and model.kernel_init != 'lecun'):
+    # Klambauer et al. 2017, Sec. 3 ("Initialization"): weights of variance 1/fan_in keep the
+    # activations at SELU's fixed point (mean 0, variance 1).
+    logging.info('act=selu: kernel_init %r -> lecun (Klambauer et al. 2017)', model.kernel_init)
+    model = model.clone(kernel_init='lecun')
+  return model
 
 
 def initial_variables(model, rng: jax.Array, image_shape: tuple[int, ...]) -> dict:
   """Parameters and BatchNorm statistics of a freshly initialized model (fp32)."""
-  variables = model.init({'params': rng}, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+  # An 'fmp' key too: fractional max pooling draws its regions in evaluation mode as well.
+  rngs = {'params': rng, 'fmp': jax.random.fold_in(rng, 1)}
+  variables = model.init(rngs, jnp.zeros((1, *image_shape), jnp.float32), train=False)
   return {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})}
 
 
 def create_train_state(model, tx: optax.GradientTransformation, rng: jax.Array,
-                       image_shape: tuple[int, ...]) -> TrainState:
+                       image_shape: tuple[int, ...], ema: bool = False) -> TrainState:
+  """A fresh state; with `ema`, the weight averages start at the initial weights."""
   variables = initial_variables(model, rng, image_shape)
   return TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
                            batch_stats=variables['batch_stats'],
-                           skipped_steps=jnp.zeros((), jnp.int32))
+                           skipped_steps=jnp.zeros((), jnp.int32),
+                           ema=jax.tree.map(jnp.copy, variables) if ema else {})
 
 
 def normalize(images: jax.Array, mean, std, dtype) -> jax.Array:
@@ -131,41 +156,154 @@ def cross_replica_mean(tree):
   return lax.pmean(tree, AXIS)
 
 
+def cutmix_box(key: jax.Array, lam: jax.Array, height: int, width: int):
+  """CutMix's box (Yun et al. 2019, Sec. 3.1): sides H sqrt(1 - lam) and W sqrt(1 - lam), centre
+  uniform over the image, clipped at the borders.
+
+  Returns (a [height, width] mask, True inside the box; lam corrected to 1 - box area / image
+  area, the share of the image that is still the example's own).
+  """
+  ratio = jnp.sqrt(1.0 - lam)
+  cut_h = (height * ratio).astype(jnp.int32)
+  cut_w = (width * ratio).astype(jnp.int32)
+  key_y, key_x = jax.random.split(key)
+  cy = jax.random.randint(key_y, (), 0, height)
+  cx = jax.random.randint(key_x, (), 0, width)
+  y0, y1 = jnp.clip(cy - cut_h // 2, 0, height), jnp.clip(cy - cut_h // 2 + cut_h, 0, height)
+  x0, x1 = jnp.clip(cx - cut_w // 2, 0, width), jnp.clip(cx - cut_w // 2 + cut_w, 0, width)
+  rows, cols = jnp.arange(height), jnp.arange(width)
+  inside = (((rows >= y0) & (rows < y1))[:, None]) & (((cols >= x0) & (cols < x1))[None, :])
+  return inside, 1.0 - ((y1 - y0) * (x1 - x0)).astype(jnp.float32) / (height * width)
+
+
+def mix_batch(key: jax.Array, images: jax.Array, *, mixup_alpha: float = 0.0,
+              cutmix_alpha: float = 0.0, mix_prob: float = 1.0, switch_prob: float = 0.5):
+  """Mixup (Zhang et al. 2018) or CutMix (Yun et al. 2019) of a [N, H, W, C] batch with a
+  random permutation of itself; lam ~ Beta(alpha, alpha), one per batch.
+
+  The batch is mixed at all with probability `mix_prob` (else lam = 1); with both alphas > 0,
+  CutMix is chosen with probability `switch_prob`, else mixup (timm's rule). Returns
+  (images, lam, perm): example i's target is lam * y[i] + (1 - lam) * y[perm[i]].
+  """
+  keys = dict(zip(('apply', 'switch', 'perm', 'mixup', 'cutmix', 'box'),
+                  jax.random.split(key, 6)))
+  n, height, width = images.shape[:3]
+  perm = jax.random.permutation(keys['perm'], n)
+  partner = images[perm]
+  apply = jax.random.uniform(keys['apply']) < mix_prob
+  mixed = []
+  if mixup_alpha > 0:
+    lam = jnp.where(apply, jax.random.beta(keys['mixup'], mixup_alpha, mixup_alpha), 1.0)
+    mixed.append((lam * images + (1.0 - lam) * partner, lam))
+  if cutmix_alpha > 0:
+    lam = jnp.where(apply, jax.random.beta(keys['cutmix'], cutmix_alpha, cutmix_alpha), 1.0)
+    inside, lam = cutmix_box(keys['box'], lam, height, width)
+    mixed.append((jnp.where(inside[None, :, :, None], partner, images), lam))
+  if not mixed:
+    raise ValueError('mix_batch needs mixup_alpha > 0 or cutmix_alpha > 0')
+  if len(mixed) == 1:
+    return (*mixed[0], perm)
+  (mixup_images, mixup_lam), (cutmix_images, cutmix_lam) = mixed
+  use_cutmix = jax.random.uniform(keys['switch']) < switch_prob
+  return (jnp.where(use_cutmix, cutmix_images, mixup_images),
+          jnp.where(use_cutmix, cutmix_lam, mixup_lam), perm)
+
+
+def soft_targets(labels: jax.Array, num_classes: int, label_smoothing: float = 0.0,
+                 partner_labels: jax.Array | None = None, lam=1.0) -> jax.Array:
+  """Smoothed one-hot targets (Szegedy et al. 2016, Sec. 7), mixed as lam * y + (1 - lam) *
+  y_partner when `partner_labels` are given; every row sums to 1."""
+  target = lambda y: optax.smooth_labels(jax.nn.one_hot(y, num_classes), label_smoothing)
+  if partner_labels is None:
+    return target(labels)
+  return lam * target(labels) + (1.0 - lam) * target(partner_labels)
+
+
 def train_step(state: TrainState, batch: dict, key: jax.Array, *, mean, std, dtype,
                label_smoothing: float = 0.0, skip_nonfinite: bool = False,
-               aux_weight: float = 0.0):
-  """One SGD step on this device's slice of the global batch (call it under DataParallel.map).
+               aux_weight: float = 0.0, grad_accum_steps: int = 1, ema_decay: float = 0.0,
+               loss_weight_decay: float = 0.0, mixup_alpha: float = 0.0,
+               cutmix_alpha: float = 0.0, mix_prob: float = 1.0, mix_switch_prob: float = 0.5):
+  """One optimizer update on this device's slice of the global batch (call it under
+  DataParallel.map).
 
-  A model that returns (logits, *aux_logits) in training (GoogLeNet, Inception-v3 with
-  aux_logits=True) adds `aux_weight` times each auxiliary classifier's loss.
+  - A model that returns (logits, *aux_logits) in training (GoogLeNet, Inception-v3 with
+    aux_logits=True) adds `aux_weight` times each auxiliary classifier's loss.
+  - `mixup_alpha`, `cutmix_alpha`: the slice is mixed with a permutation of itself (mix_batch),
+    the targets likewise; train accuracy counts the dominant label (lam >= 0.5: the example's own).
+  - `grad_accum_steps` = k: the slice is split into k micro-batches, run one after another with
+    lax.scan; their gradients are averaged and applied in ONE update (the update of the whole
+    batch with the activation memory of a k-th). BatchNorm normalises each micro-batch with its
+    own statistics and updates its running averages k times, once per micro-batch.
+  - `loss_weight_decay` > 0 (decay_style 'loss'): 0.5 * wd * ||w||^2 joins the loss; the metric
+    `decay_loss` reports it, `loss` stays the data loss.
+  - `ema_decay` > 0: after the update, ema = decay * ema + (1 - decay) * new, for the params and
+    the BN statistics.
   """
   # Randomness tree: run key -> step -> device -> purpose (GUIDE: fold_in(root, step)).
   key = jax.random.fold_in(jax.random.fold_in(key, state.step), lax.axis_index(AXIS))
-  rngs = dict(zip(('dropout', 'drop_path'), jax.random.split(key)))
-  images = normalize(batch['image'], mean, std, dtype)
+  purposes = (*RNG_STREAMS, 'mixup')
+  keys = dict(zip(purposes, jax.random.split(key, len(purposes))))
+  rngs = {name: keys[name] for name in RNG_STREAMS}
+  images = normalize(batch['image'], mean, std, jnp.float32)
   labels = batch['label']
+  partner, lam = None, 1.0
+  if mixup_alpha > 0 or cutmix_alpha > 0:
+    images, lam, perm = mix_batch(keys['mixup'], images, mixup_alpha=mixup_alpha,
+                                  cutmix_alpha=cutmix_alpha, mix_prob=mix_prob,
+                                  switch_prob=mix_switch_prob)
+    partner = labels[perm]
+  images = images.astype(dtype)
 
-  def loss_fn(params):
+  def loss_fn(params, batch_stats, x, y, y_partner, rngs):
     outputs, updates = state.apply_fn(
-        {'params': params, 'batch_stats': state.batch_stats}, images, train=True,
+        {'params': params, 'batch_stats': batch_stats}, x, train=True,
         mutable=['batch_stats'], rngs=rngs)
     logits, *aux = outputs if isinstance(outputs, tuple) else (outputs,)
-    targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+    targets = soft_targets(y, logits.shape[-1], label_smoothing, y_partner, lam)
     loss = optax.softmax_cross_entropy(logits.astype(jnp.float32), targets).mean()
     for extra in aux:
       loss += aux_weight * optax.softmax_cross_entropy(extra.astype(jnp.float32), targets).mean()
-    return loss, (logits, updates.get('batch_stats', {}))
+    dominant = y if y_partner is None else jnp.where(lam >= 0.5, y, y_partner)
+    metrics = {'loss': loss, 'accuracy': jnp.mean(jnp.argmax(logits, -1) == dominant)}
+    if loss_weight_decay:
+      metrics['decay_loss'] = optim.weight_decay_loss(params, loss_weight_decay)
+      loss = loss + metrics['decay_loss']
+    return loss, (updates.get('batch_stats', {}), metrics)
 
-  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  grad_fn = jax.grad(loss_fn, has_aux=True)
+  if grad_accum_steps == 1:
+    grads, (batch_stats, metrics) = grad_fn(state.params, state.batch_stats, images, labels,
+                                            partner, rngs)
+  else:
+    micro = lambda x: x.reshape(grad_accum_steps, x.shape[0] // grad_accum_steps, *x.shape[1:])
+
+    def accumulate(carry, inputs):
+      grads_sum, batch_stats = carry
+      i, x, y, y_partner = inputs
+      micro_rngs = {name: jax.random.fold_in(r, i) for name, r in rngs.items()}
+      grads, (batch_stats, metrics) = grad_fn(state.params, batch_stats, x, y, y_partner,
+                                              micro_rngs)
+      return (jax.tree.map(jnp.add, grads_sum, grads), batch_stats), metrics
+
+    inputs = (jnp.arange(grad_accum_steps), micro(images), micro(labels),
+              None if partner is None else micro(partner))
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    (grads, batch_stats), metrics = lax.scan(accumulate, (zeros, state.batch_stats), inputs)
+    grads = jax.tree.map(lambda g: g / grad_accum_steps, grads)
+    metrics = jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
   grads = cross_replica_mean(grads)
   # The BN running averages are linear in each step's statistics, so averaging them every step
   # equals averaging the per-device averages before eval/checkpoint: the state stays replicated.
   batch_stats = cross_replica_mean(batch_stats)
-  metrics = cross_replica_mean({
-      'loss': loss, 'accuracy': jnp.mean(jnp.argmax(logits, -1) == labels)})
+  metrics = cross_replica_mean(metrics)
   metrics['grad_norm'] = optax.tree.norm(grads)
   finite = jnp.isfinite(metrics['loss']) & jnp.isfinite(metrics['grad_norm'])
   new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  if ema_decay:
+    new = {'params': new_state.params, 'batch_stats': new_state.batch_stats}
+    new_state = new_state.replace(ema=jax.tree.map(
+        lambda e, w: ema_decay * e + (1.0 - ema_decay) * w, state.ema, new))
   if skip_nonfinite:  # Keep the old weights, still advance the step (and so the data).
     new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
     new_state = new_state.replace(step=state.step + 1,
@@ -174,16 +312,29 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, *, mean, std, dty
   return new_state, metrics
 
 
-def eval_step(state: TrainState, batch: dict, *, mean, std, dtype):
-  """Sums of loss, correct predictions and real examples over the global batch (mask-aware)."""
+def eval_step(state: TrainState, batch: dict, key: jax.Array | None = None, *, mean, std, dtype,
+              ema: bool = False):
+  """Sums of loss, correct predictions and real examples over the global batch (mask-aware);
+  with `ema`, also `ema_loss` and `ema_correct` of the averaged weights.
+
+  `key` is the 'fmp' stream's fixed key (fractional max pooling draws its regions from it even
+  in evaluation), the same for every batch and device: evaluation is deterministic.
+  """
   images = normalize(batch['image'], mean, std, dtype)
-  logits = state.apply_fn({'params': state.params, 'batch_stats': state.batch_stats}, images,
-                          train=False).astype(jnp.float32)
+  rngs = {} if key is None else {'fmp': key}
   mask = batch['mask']
-  loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label'])
-  correct = jnp.argmax(logits, -1) == batch['label']
-  return lax.psum({'loss': jnp.sum(loss * mask), 'correct': jnp.sum(correct * mask),
-                   'examples': jnp.sum(mask)}, AXIS)
+
+  def sums(variables, prefix: str) -> dict:
+    logits = state.apply_fn(variables, images, train=False, rngs=rngs).astype(jnp.float32)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label'])
+    correct = jnp.argmax(logits, -1) == batch['label']
+    return {f'{prefix}loss': jnp.sum(loss * mask), f'{prefix}correct': jnp.sum(correct * mask)}
+
+  totals = {**sums({'params': state.params, 'batch_stats': state.batch_stats}, ''),
+            'examples': jnp.sum(mask)}
+  if ema:
+    totals.update(sums(state.ema, 'ema_'))
+  return lax.psum(totals, AXIS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,6 +354,7 @@ class Experiment:
   p_train_step: Callable
   p_eval_step: Callable
   state: Any  # In the parallel layout.
+  eval_key: Any = None  # The fixed 'fmp' key of every evaluation (eval_step).
 
 
 def setup(config, *, train: bool = True) -> Experiment:
@@ -214,7 +366,12 @@ def setup(config, *, train: bool = True) -> Experiment:
   data.pipeline.per_process_batch_size(config.batch_size)
   num_train = len(train_split) if train else config.batch_size
   steps_per_epoch = max(1, num_train // config.batch_size)
-  total_steps = max(1, int(round(config.num_epochs * steps_per_epoch)))
+  total_steps = optim.total_steps(config, steps_per_epoch)
+  per_device = config.batch_size // len(parallel.devices)
+  if per_device % config.grad_accum_steps:
+    raise ValueError(f'config.grad_accum_steps={config.grad_accum_steps} must divide the batch of '
+                     f'each device, {per_device} (config.batch_size={config.batch_size} over '
+                     f'{len(parallel.devices)} devices)')
   model = build_model(config, eval_split.num_classes)
   tx = optim.create_optimizer(config, steps_per_epoch)
   channels = eval_split.records[0]['image'].shape[-1]
@@ -223,7 +380,8 @@ def setup(config, *, train: bool = True) -> Experiment:
     raise ValueError(f'config.dataset.mean has {len(d.mean)} values; the images have {channels} '
                      'channels (give 1 or that many)')
   root = jax.random.PRNGKey(config.seed)
-  init = functools.partial(create_train_state, model, tx, image_shape=image_shape)
+  init = functools.partial(create_train_state, model, tx, image_shape=image_shape,
+                           ema=config.ema_decay > 0)
   try:  # Shapes only: a model that cannot take this input fails here, before compiling.
     jax.eval_shape(init, root)
   except Exception as e:
@@ -244,11 +402,16 @@ def setup(config, *, train: bool = True) -> Experiment:
   p_train = parallel.map(
       functools.partial(train_step, label_smoothing=config.label_smoothing,
                         skip_nonfinite=config.skip_nonfinite,
-                        aux_weight=getattr(model, 'AUX_WEIGHT', 0.0), **norm),
+                        aux_weight=getattr(model, 'AUX_WEIGHT', 0.0),
+                        grad_accum_steps=config.grad_accum_steps, ema_decay=config.ema_decay,
+                        loss_weight_decay=optim.loss_weight_decay(config),
+                        mixup_alpha=config.mixup_alpha, cutmix_alpha=config.cutmix_alpha,
+                        mix_prob=config.mix_prob, mix_switch_prob=config.mix_switch_prob, **norm),
       ('state', 'batch', 'const'), donate_state=True)
-  p_eval = parallel.map(functools.partial(eval_step, **norm), ('state', 'batch'))
+  p_eval = parallel.map(functools.partial(eval_step, ema=config.ema_decay > 0, **norm),
+                        ('state', 'batch', 'const'))
   return Experiment(config, parallel, model, train_split, eval_split, steps_per_epoch,
-                    total_steps, p_train, p_eval, state)
+                    total_steps, p_train, p_eval, state, eval_key=jax.random.fold_in(root, 2))
 
 
 def with_pretrained(state: TrainState, path: str) -> TrainState:
@@ -285,24 +448,48 @@ def with_pretrained(state: TrainState, path: str) -> TrainState:
   if fresh_head:
     logging.info('init_from %s: a new classifier (%s), the rest loaded.', path,
                  ', '.join(fresh_head))
-  return state.replace(params=params, batch_stats=batch_stats,
+  ema = {'params': params, 'batch_stats': batch_stats} if state.ema else state.ema
+  return state.replace(params=params, batch_stats=batch_stats, ema=ema,
                        opt_state=state.tx.init(params))
 
 
 def evaluate(exp: Experiment, state=None) -> dict:
-  """Accuracy and mean loss over every example of the eval split, exactly once."""
+  """Accuracy and mean loss over every example of the eval split, exactly once; with EMA on,
+  `ema_accuracy` and `ema_loss` of the averaged weights too."""
   state = exp.state if state is None else state
   d = exp.config.dataset
   totals = None
   for batch in data.eval_batches(exp.eval_split, global_batch_size=exp.config.batch_size,
                                  augment=d.augment, image_size=d.image_size,
                                  num_workers=d.num_workers):
-    sums = exp.p_eval_step(state, exp.parallel.shard_batch(batch))
+    sums = exp.p_eval_step(state, exp.parallel.shard_batch(batch), exp.eval_key)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   totals = jax.device_get(exp.parallel.unreplicate(totals))
   n = float(totals['examples'])
-  return {'split': d.eval_split, 'accuracy': float(totals['correct']) / n,
-          'loss': float(totals['loss']) / n, 'examples': int(n)}
+  results = {'split': d.eval_split, 'accuracy': float(totals['correct']) / n,
+             'loss': float(totals['loss']) / n, 'examples': int(n)}
+  if 'ema_correct' in totals:
+    results.update(ema_accuracy=float(totals['ema_correct']) / n,
+                   ema_loss=float(totals['ema_loss']) / n)
+  return results
+
+
+def describe_ema(results: dict) -> str:
+  """' EMA accuracy A loss L' for a log line, when the results have them."""
+  if 'ema_accuracy' not in results:
+    return ''
+  return f' EMA accuracy {results["ema_accuracy"]:.4f} loss {results["ema_loss"]:.4f}'
+
+
+def restore_checkpoint(checkpointer: Checkpointer, state, data_iterator=None):
+  """checkpointer.restore, saying so when the checkpoint and config differ in EMA weights."""
+  try:
+    return checkpointer.restore(state, data_iterator)
+  except ValueError as e:
+    if "['ema']" not in str(e):
+      raise
+    raise ValueError(f'{e} (these are the EMA weights: set --config.ema_decay as in the run that '
+                     'wrote the checkpoint)') from e
 
 
 class MetricWriter:
@@ -393,7 +580,7 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None)
                               fallback=config.restore_fallback)
   state, start = exp.state, 0
   if checkpointer.latest_step() is not None:
-    restored, start = checkpointer.restore(exp.parallel.unreplicate(state), batches)
+    restored, start = restore_checkpoint(checkpointer, exp.parallel.unreplicate(state), batches)
     state = exp.parallel.replicate(restored)
     logging.info('Resumed from %s at step %d.', checkpointer.manager.directory, start)
   writer = MetricWriter(workdir)
@@ -434,18 +621,23 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None)
                      means['loss'], means['accuracy'], lr, config.batch_size / per_step,
                      _format_eta(per_step * (exp.total_steps - step)),
                      f' skipped {skipped} non-finite steps' if skipped else '')
-        writer.write(step, {'train/loss': means['loss'], 'train/accuracy': means['accuracy'],
-                            'train/learning_rate': lr,
-                            'train/grad_norm': float(np.mean([m['grad_norm'] for m in window])),
-                            'train/skipped_steps': skipped,
-                            'train/images_per_second': config.batch_size / per_step})
+        scalars = {'train/loss': means['loss'], 'train/accuracy': means['accuracy'],
+                   'train/learning_rate': lr,
+                   'train/grad_norm': float(np.mean([m['grad_norm'] for m in window])),
+                   'train/skipped_steps': skipped,
+                   'train/images_per_second': config.batch_size / per_step}
+        if 'decay_loss' in window[-1]:  # decay_style 'loss'.
+          scalars['train/decay_loss'] = float(np.mean([m['decay_loss'] for m in window]))
+        writer.write(step, scalars)
         window, timer_start, timer_step = [], time.perf_counter(), step
       if eval_now:
         last_eval = {**evaluate(exp, state), 'step': step}
-        logging.info('eval %s at step %d: accuracy %.4f loss %.4f (%d examples)',
+        logging.info('eval %s at step %d: accuracy %.4f loss %.4f (%d examples)%s',
                      last_eval['split'], step, last_eval['accuracy'], last_eval['loss'],
-                     last_eval['examples'])
-        writer.write(step, {f'eval/{k}': last_eval[k] for k in ('accuracy', 'loss')})
+                     last_eval['examples'], describe_ema(last_eval))
+        writer.write(step, {f'eval/{k}': last_eval[k]
+                            for k in ('accuracy', 'loss', 'ema_accuracy', 'ema_loss')
+                            if k in last_eval})
         timer_start, timer_step = time.perf_counter(), step
       if save_now:
         # Every evaluation is checkpointed with its accuracy, so the best one can be kept.
@@ -466,9 +658,10 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None)
   if last_eval is None or last_eval['step'] != end:  # Resumed after the final step: evaluate.
     last_eval = {**evaluate(exp, state), 'step': end}
   write_results(workdir, last_eval)
-  logging.info('Final %s accuracy %.4f (loss %.4f, %d examples, step %d) -> %s',
+  logging.info('Final %s accuracy %.4f (loss %.4f, %d examples, step %d)%s -> %s',
                last_eval['split'], last_eval['accuracy'], last_eval['loss'],
-               last_eval['examples'], end, os.path.join(workdir, 'results.json'))
+               last_eval['examples'], end, describe_ema(last_eval),
+               os.path.join(workdir, 'results.json'))
   return last_eval
 
 
@@ -480,10 +673,11 @@ def evaluate_checkpoint(config, workdir: str) -> dict:
   if checkpointer.latest_step() is None:
     raise FileNotFoundError(f'no checkpoint to evaluate in {os.path.join(workdir, "checkpoints")}; '
                             'train first, or pass the --workdir of a finished run')
-  state, step = checkpointer.restore(exp.parallel.unreplicate(exp.state))
+  state, step = restore_checkpoint(checkpointer, exp.parallel.unreplicate(exp.state))
   checkpointer.close()
   results = {**evaluate(exp, exp.parallel.replicate(state)), 'step': step}
   write_results(workdir, results)
-  logging.info('Eval of step %d on %s: accuracy %.4f loss %.4f (%d examples)', step,
-               results['split'], results['accuracy'], results['loss'], results['examples'])
+  logging.info('Eval of step %d on %s: accuracy %.4f loss %.4f (%d examples)%s', step,
+               results['split'], results['accuracy'], results['loss'], results['examples'],
+               describe_ema(results))
   return results

@@ -124,10 +124,11 @@ def test_weight_decay_skips_batch_norm_and_biases():
 
 def test_resume_is_bit_identical(tmp_path):
   # ResNet-20 (BN statistics, momentum) on augmented digits: the data order, the augmentation
-  # and the optimizer must all continue exactly where they stopped.
+  # and the optimizer must all continue exactly where they stopped; so must the EMA weights and
+  # BN averages, and the micro-batches of gradient accumulation.
   config = make_config(**{'model.name': 'cifar_resnet20', 'dataset.image_size': 16,
                           'dataset.augment': 'cifar', 'num_epochs': 0.5, 'batch_size': 64,
-                          'checkpoint_every_steps': 4})
+                          'checkpoint_every_steps': 4, 'ema_decay': 0.9, 'grad_accum_steps': 2})
   straight = train.train_and_evaluate(config, str(tmp_path / 'straight'))
   halted = train.train_and_evaluate(config, str(tmp_path / 'restarted'), stop_at_step=6)
   assert halted == {'step': 6, 'preempted': True}

@@ -25,7 +25,7 @@ def get_config():
   config.optimizer.name = 'sgd'
   config.optimizer.momentum = 0.9
   config.optimizer.weight_decay = 1e-4
-  config.schedule.name = 'step'
+  config.schedule.name = 'multistep'
   config.schedule.base_lr = 0.1
   config.schedule.boundaries = (82.0, 123.0)
   config.schedule.decay_factor = 0.1

@@ -26,7 +26,7 @@ def get_config():
   config.optimizer.name = 'sgd'
   config.optimizer.momentum = 0.9
   config.optimizer.weight_decay = 1e-4
-  config.schedule.name = 'step'
+  config.schedule.name = 'multistep'
   config.schedule.base_lr = 0.1
   config.schedule.scale_by_batch = True
   config.schedule.boundaries = (30.0, 60.0, 80.0)
