@@ -5,10 +5,12 @@ Importing a family module registers its variants.
 # Imported for their register(...) calls.
 from resnet_jax.models import (  # noqa: F401
     alexnet,
+    fmp,
     googlenet,
     inception,
     inception_v4,
     lenet,
+    mlp,
     mobilenet,
     nin,
     resnet,

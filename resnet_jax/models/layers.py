@@ -16,45 +16,116 @@ import jax.numpy as jnp
 Initializer = Callable[..., jax.Array]
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-  'relu': nn.relu,
-  'relu6': nn.relu6,  # min(max(x, 0), 6): MobileNet's (Howard et al. 2017, via TF-slim and timm)
-  'leaky_relu': nn.leaky_relu,  # negative slope 0.01, the PyTorch default
-  'elu': nn.elu,
-  'selu': nn.selu,
-  'tanh': jnp.tanh,
   'sigmoid': nn.sigmoid,
-  'gelu': functools.partial(nn.gelu, approximate=False),  # exact erf form, as torch.nn.GELU
+  'tanh': jnp.tanh,
+  'relu': nn.relu,  # Nair & Hinton 2010
+  'relu6': nn.relu6,  # min(max(x, 0), 6): MobileNet's (Howard et al. 2017, via TF-slim and timm)
+  # Maas et al. 2013, Sec. 3: negative slope 0.01 (PyTorch's default too); 'leaky_relu:0.2' sets it.
+  'leaky_relu': nn.leaky_relu,
+  'elu': nn.elu,  # Clevert et al. 2016, Eq. 1 with alpha = 1; `elu:ALPHA` sets alpha.
+  # Klambauer et al. 2017, Eq. 2 and Sec. 3: lambda ~ 1.0507, alpha ~ 1.6733 (fixed point 0, 1).
+  'selu': nn.selu,
+  # Hendrycks & Gimpel 2016, Sec. 2: x * Phi(x), the exact erf form, as torch.nn.GELU.
+  'gelu': functools.partial(nn.gelu, approximate=False),
+  'swish': nn.swish,  # Ramachandran et al. 2017, Sec. 4: x * sigmoid(x) (beta = 1), i.e. SiLU
+  'silu': nn.silu,
+}
+
+
+def _leaky_relu(slope: float) -> Callable[[jax.Array], jax.Array]:
+  return functools.partial(nn.leaky_relu, negative_slope=slope)
+
+
+def _elu(alpha: float) -> Callable[[jax.Array], jax.Array]:
+  return functools.partial(nn.elu, alpha=alpha)
+
+
+# Activations with one numeric argument, written `name:ARG` in a config ('leaky_relu:0.2'); the
+# bare name is the ACTIVATIONS entry. Values: (what the argument is, factory).
+PARAMETRIC_ACTIVATIONS: dict[str, tuple[str, Callable[[float], Any]]] = {
+  'leaky_relu': ('SLOPE', _leaky_relu),
+  'elu': ('ALPHA', _elu),
 }
 
 KERNEL_INITS: dict[str, Initializer] = {
   # He et al. 2015b ("Delving Deep into Rectifiers", Sec. 2.2): N(0, 2/fan); fan_out and
   # untruncated, as torchvision's kaiming_normal_(mode='fan_out', nonlinearity='relu').
-  'kaiming': nn.initializers.variance_scaling(2.0, 'fan_out', 'normal'),
+  'kaiming_out': nn.initializers.variance_scaling(2.0, 'fan_out', 'normal'),
+  # He et al. 2015b, Eq. 10: the forward-pass condition, variance 2/fan_in.
   'kaiming_in': nn.initializers.variance_scaling(2.0, 'fan_in', 'normal'),
-  'xavier': nn.initializers.xavier_uniform(),  # Glorot & Bengio 2010, Eq. 16
-  'lecun': nn.initializers.lecun_normal(),  # LeCun et al. 1998b, Sec. 4.6: variance 1/fan_in
-  'normal_0.01': nn.initializers.normal(stddev=0.01),
+  # U(-sqrt(6/fan_in), sqrt(6/fan_in)): variance 2/fan_in, as torch's kaiming_uniform_(a=0).
+  'kaiming_uniform': nn.initializers.variance_scaling(2.0, 'fan_in', 'uniform'),
+  # Glorot & Bengio 2010, Eq. 16: U(-sqrt(6/(fan_in+fan_out)), +...), variance 2/(fan_in+fan_out).
+  'xavier_uniform': nn.initializers.xavier_uniform(),
+  # Glorot & Bengio 2010, Sec. 4.2.1's variance 2/(fan_in+fan_out), from a normal (flax truncates
+  # it at 2 std and rescales, so the variance is kept).
+  'xavier_normal': nn.initializers.xavier_normal(),
+  # LeCun et al. 1998b, Sec. 4.6: variance 1/fan_in; Klambauer et al. 2017, Sec. 3 for SELU.
+  'lecun': nn.initializers.lecun_normal(),
+  'normal': nn.initializers.normal(stddev=0.01),  # Krizhevsky et al. 2012, Sec. 5: N(0, 0.01^2)
+}
+# The names the models were written with, kept as aliases (the same initializer objects).
+KERNEL_INITS['kaiming'] = KERNEL_INITS['kaiming_out']
+KERNEL_INITS['xavier'] = KERNEL_INITS['xavier_uniform']
+KERNEL_INITS['normal_0.01'] = KERNEL_INITS['normal']
+
+
+def _normal(std: float) -> Initializer:
+  if std <= 0:
+    raise ValueError(f'kernel_init normal:{std}: the standard deviation must be > 0')
+  return nn.initializers.normal(stddev=std)
+
+
+# Initializers with one numeric argument, written `name:ARG` ('normal:0.01', the course notes'
+# small random numbers); the bare name is the KERNEL_INITS entry.
+PARAMETRIC_KERNEL_INITS: dict[str, tuple[str, Callable[[float], Initializer]]] = {
+  'normal': ('STD', _normal),
 }
 
 NORMS = ('batch', 'none')
 
 
-def _lookup(registry: dict[str, Any], kind: str, name: str) -> Any:
-  """Returns registry[name], or raises a ValueError listing the valid names."""
-  try:
+def _lookup(
+    registry: dict[str, Any],
+    kind: str,
+    name: str,
+    parametric: dict[str, tuple[str, Callable[[float], Any]]] | None = None,
+) -> Any:
+  """registry[name], or for 'base:ARG' the parametric factory of `base` called with float(ARG).
+
+  Any other name, or an argument that is not a finite number, is a ValueError listing the valid
+  names (parametrised forms as 'leaky_relu:SLOPE').
+  """
+  parametric = parametric or {}
+  valid = ', '.join(sorted([*registry, *(f'{k}:{arg}' for k, (arg, _) in parametric.items())]))
+  if not isinstance(name, str):
+    raise ValueError(f'unknown {kind} {name!r}; valid: {valid}')
+  base, sep, arg = name.partition(':')
+  if not sep:
+    if name not in registry:
+      raise ValueError(f'unknown {kind} {name!r}; valid: {valid}')
     return registry[name]
-  except (KeyError, TypeError):
-    raise ValueError(f'unknown {kind} {name!r}; valid: {", ".join(sorted(registry))}') from None
+  if base not in parametric:
+    raise ValueError(f'unknown {kind} {name!r} (only {", ".join(sorted(parametric)) or "none"} '
+                     f'take an argument); valid: {valid}')
+  try:
+    value = float(arg)
+  except ValueError:
+    value = float('nan')  # not a number: rejected just below
+  if not abs(value) < float('inf'):  # False for nan and inf
+    raise ValueError(f'{kind} {name!r}: {parametric[base][0]} must be a finite number, got '
+                     f'{arg!r}; valid: {valid}')
+  return parametric[base][1](value)
 
 
 def get_activation(name: str) -> Callable[[jax.Array], jax.Array]:
-  """The activation function registered as `name` (see ACTIVATIONS)."""
-  return _lookup(ACTIVATIONS, 'activation', name)
+  """The activation `name` (see ACTIVATIONS), or 'leaky_relu:0.2' style (PARAMETRIC_ACTIVATIONS)."""
+  return _lookup(ACTIVATIONS, 'activation', name, PARAMETRIC_ACTIVATIONS)
 
 
 def get_kernel_init(name: str) -> Initializer:
-  """The kernel initializer registered as `name` (see KERNEL_INITS)."""
-  return _lookup(KERNEL_INITS, 'kernel_init', name)
+  """The kernel initializer `name` (see KERNEL_INITS), or 'normal:0.01' style."""
+  return _lookup(KERNEL_INITS, 'kernel_init', name, PARAMETRIC_KERNEL_INITS)
 
 
 def _identity(x: jax.Array) -> jax.Array:
@@ -174,3 +245,155 @@ class BasicConv2d(nn.Module):
     x = self.conv(self.features, _pair(self.kernel_size), strides=(self.strides, self.strides),
                   padding=((ph, ph), (pw, pw)), name='conv')(x)
     return self.act(self.norm(name='bn')(x))
+
+
+# Regularizers that live inside a model: DropConnect (Wan et al. 2013) and fractional max pooling
+# (Graham 2014). Stochastic depth is the `stochastic_depth` field of resnet.ResNet.
+
+
+class DropConnectDense(nn.Module):
+  """A dense layer with DropConnect (Wan et al. 2013, "Regularization of Neural Networks using
+  DropConnect", Sec. 2-3): in training every WEIGHT (and bias) is kept with probability
+  1 - `rate`, by an independent Bernoulli mask per example (shape [batch, in, out], and [batch,
+  out] for the bias), drawn from the `dropout` RNG stream.
+
+  Scaling is inverted: the kept weights are divided by 1 - rate in training, so at test
+  (`deterministic=True`) the layer is the plain dense layer x W + b, the expectation of the
+  training output. The paper's inference (Sec. 3: a Gaussian moment-matched to the
+  pre-activation, sampled and averaged through the nonlinearity) is replaced by that mean, as
+  dropout's mean network is. The per-example mask costs batch x in x out random bits and a
+  batched matmul: cheap on classifier heads, heavy on wide layers.
+
+  Parameters are `kernel` [in, out] and `bias` [out], created in nn.Dense's order with its
+  default initializers, so a DropConnectDense and an nn.Dense of the same name share checkpoints,
+  weight imports and, for one `params` key, their initial values. Inputs are [batch, in].
+  """
+
+  features: int
+  rate: float = 0.0
+  use_bias: bool = True
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+  kernel_init: Initializer = nn.initializers.lecun_normal()
+  bias_init: Initializer = nn.initializers.zeros
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
+    if not 0.0 <= self.rate < 1.0:
+      raise ValueError(f'DropConnect rate must be in [0, 1), got {self.rate}')
+    if x.ndim != 2:
+      raise ValueError(f'DropConnectDense takes [batch, features] inputs, got shape {x.shape}')
+    kernel = self.param('kernel', self.kernel_init, (x.shape[-1], self.features),
+                        self.param_dtype)
+    bias = (self.param('bias', self.bias_init, (self.features,), self.param_dtype)
+            if self.use_bias else None)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    if deterministic or self.rate == 0.0:
+      y = x @ kernel
+      return y if bias is None else y + bias
+    keep = 1.0 - self.rate
+    kernel_key, bias_key = jax.random.split(self.make_rng('dropout'))
+    # Wan et al. 2013, Sec. 2.2: r = a((M * W) v), a mask M per example over the whole matrix.
+    mask = jax.random.bernoulli(kernel_key, keep, (x.shape[0], *kernel.shape))
+    y = jnp.einsum('bi,bio->bo', x, jnp.where(mask, kernel, 0))
+    if bias is not None:
+      y = y + jnp.where(jax.random.bernoulli(bias_key, keep, y.shape), bias, 0)
+    return y / jnp.asarray(keep, y.dtype)
+
+
+FMP_SEQUENCES = ('random', 'pseudo_random')
+FMP_ALPHA = 2 ** 0.5  # Graham 2014, Sec. 4: FMP sqrt(2) on MNIST and CIFAR-100 (cube root of 2 too)
+
+
+def fmp_output_size(n: int, alpha: float = FMP_ALPHA) -> int:
+  """Side of a fractional max pooling by `alpha` of a side of `n`: round(n / alpha).
+
+  Graham's nets fix the output side and take N_in = round(alpha * N_out) (his SparseConvNet
+  code, `calculateInputSpatialSize`); rounding n / alpha gives back those sizes, e.g. his MNIST
+  net's 36 -> 35 -> 25 -> 24 -> 17 ... -> 3 -> 2 under six (C2 - FMP sqrt 2) layers, where
+  floor(n / alpha) would give 24, 16, ... and run out of rows.
+  """
+  if not 1.0 < alpha < 2.0:
+    raise ValueError(f'fractional max pooling needs 1 < alpha < 2, got {alpha}')
+  return int(n / alpha + 0.5)
+
+
+def fmp_sequence(key: jax.Array, n: int, n_out: int, *, sequence: str = 'pseudo_random',
+                 overlapping: bool = True) -> jax.Array:
+  """The pooling boundaries a_0 = 0 < a_1 < ... < a_{n_out} (int32) of one side of `n` rows.
+
+  Graham 2014, Sec. 2: the increments a_i - a_{i-1} are all 1 or 2. The sequence ends at n for
+  `disjoint` regions [a_{i-1}, a_i - 1] (a partition of the rows) and at n - 1 for
+  `overlapping` regions [a_{i-1}, a_i] (sizes 2 or 3, neighbours share their boundary row): the
+  paper's 1..N_in, 0-based, which is what the overlapping regions cover exactly.
+  `sequence='random'`: a random permutation of the right number of 1s and 2s.
+  `sequence='pseudo_random'`: a_i = ceil(alpha (i + u)) - ceil(alpha u), u ~ U(0, 1), with alpha
+  the ratio (last boundary) / n_out so that the sequence ends exactly on the last row (Graham's
+  code does the same); computed in integers, ceil((T i + w) / n_out) with w = ceil(T u).
+  """
+  total = n - 1 if overlapping else n
+  if not n_out <= total <= 2 * n_out:
+    kind = 'overlapping' if overlapping else 'disjoint'
+    raise ValueError(f'{kind} fractional max pooling cannot take {n} rows to {n_out} with '
+                     f'increments of 1 or 2 (need {n_out} <= {total} <= {2 * n_out})')
+  if sequence == 'random':
+    steps = jnp.where(jnp.arange(n_out) < total - n_out, 2, 1).astype(jnp.int32)
+    steps = jax.random.permutation(key, steps)
+    return jnp.concatenate([jnp.zeros((1,), jnp.int32), jnp.cumsum(steps, dtype=jnp.int32)])
+  if sequence == 'pseudo_random':
+    # ceil((T i + T u) / n_out) == ceil((T i + ceil(T u)) / n_out) for integers T i and n_out.
+    w = jax.random.randint(key, (), 1, total + 1, dtype=jnp.int32)
+    i = jnp.arange(n_out + 1, dtype=jnp.int32)
+    return -((-(total * i + w)) // n_out) + ((-w) // n_out)
+  raise ValueError(f'unknown FMP sequence {sequence!r}; valid: {", ".join(FMP_SEQUENCES)}')
+
+
+def fmp_regions(a: jax.Array, overlapping: bool) -> tuple[jax.Array, jax.Array]:
+  """(first, last) row of each pooling region, both inclusive, from a boundary sequence `a`."""
+  return a[:-1], (a[1:] if overlapping else a[1:] - 1)
+
+
+def _fmp_axis(x: jax.Array, a: jax.Array, overlapping: bool, axis: int) -> jax.Array:
+  """Max over each region along `axis`: a gather of the region's rows (the last one repeated to
+  pad a short region to the longest, 3 or 2) and a max over them."""
+  first, last = fmp_regions(a, overlapping)
+  offsets = jnp.arange(3 if overlapping else 2, dtype=a.dtype)
+  rows = jnp.minimum(first[None, :] + offsets[:, None], last[None, :])
+  return functools.reduce(jnp.maximum, [jnp.take(x, r, axis=axis) for r in rows])
+
+
+def fmp_boundaries(key: jax.Array, size: tuple[int, int], alpha: float = FMP_ALPHA, *,
+                   sequence: str = 'pseudo_random',
+                   overlapping: bool = True) -> tuple[jax.Array, jax.Array]:
+  """The row and column boundary sequences (independent draws, fmp_sequence) that
+  fractional_max_pool uses on an H x W map, `size` = (H, W)."""
+  return tuple(
+      fmp_sequence(k, n, fmp_output_size(n, alpha), sequence=sequence, overlapping=overlapping)
+      for k, n in zip(jax.random.split(key), size))
+
+
+def fractional_max_pool(x: jax.Array, key: jax.Array, alpha: float = FMP_ALPHA, *,
+                        sequence: str = 'pseudo_random', overlapping: bool = True) -> jax.Array:
+  """Fractional max pooling (Graham 2014, "Fractional Max-Pooling", Sec. 2) of an NHWC batch.
+
+  Each side n becomes fmp_output_size(n, alpha), with the regions of fmp_boundaries(key, ...).
+  One draw serves the whole batch (Graham's code draws the regions once per layer per
+  minibatch); a data-parallel step gives each device its own key, hence its own regions. Max
+  pooling is separable over rectangles, so the rows are pooled, then the columns.
+  """
+  rows, cols = fmp_boundaries(key, x.shape[1:3], alpha, sequence=sequence,
+                              overlapping=overlapping)
+  return _fmp_axis(_fmp_axis(x, rows, overlapping, 1), cols, overlapping, 2)
+
+
+class FractionalMaxPool(nn.Module):
+  """fractional_max_pool with its regions drawn from the `fmp` RNG stream at every call."""
+
+  alpha: float = FMP_ALPHA
+  sequence: str = 'pseudo_random'
+  overlapping: bool = True
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return fractional_max_pool(x, self.make_rng('fmp'), self.alpha, sequence=self.sequence,
+                               overlapping=self.overlapping)

@@ -27,7 +27,9 @@ POOLS = {'avg': nn.avg_pool, 'max': nn.max_pool}
 class LeNet5(nn.Module):
   """LeNet-5. `act` is a name in layers.ACTIVATIONS; `pool` is 'avg' (the paper's averaging
   subsampling) or 'max'; `kernel_init` a name in layers.KERNEL_INITS; `dropout_rate` applies
-  before the output layer (the `dropout` RNG stream)."""
+  before the output layer (the `dropout` RNG stream). `dropconnect_rate` puts DropConnect (Wan
+  et al. 2013, layers.DropConnectDense, the `dropout` stream) on the weights of F6 and of the
+  output layer; 0 keeps plain nn.Dense layers, with the same parameters either way."""
 
   num_classes: int
   dtype: Any = jnp.float32
@@ -35,6 +37,7 @@ class LeNet5(nn.Module):
   pool: str = 'avg'
   kernel_init: str = 'lecun'
   dropout_rate: float = 0.0
+  dropconnect_rate: float = 0.0
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -44,7 +47,13 @@ class LeNet5(nn.Module):
     pool = POOLS[self.pool]
     kinit = layers.get_kernel_init(self.kernel_init)
     conv = dict(padding='VALID', dtype=self.dtype, param_dtype=jnp.float32, kernel_init=kinit)
-    dense = dict(dtype=self.dtype, param_dtype=jnp.float32, kernel_init=kinit)
+    dense_kwargs = dict(dtype=self.dtype, param_dtype=jnp.float32, kernel_init=kinit)
+
+    def dense(features: int, name: str, x: jax.Array) -> jax.Array:
+      if self.dropconnect_rate > 0:
+        return layers.DropConnectDense(features, rate=self.dropconnect_rate, name=name,
+                                       **dense_kwargs)(x, deterministic=not train)
+      return nn.Dense(features, name=name, **dense_kwargs)(x)
 
     x = act(nn.Conv(6, (5, 5), name='c1', **conv)(x))  # 32 -> 28
     x = pool(x, (2, 2), strides=(2, 2))  # S2: 28 -> 14
@@ -52,10 +61,10 @@ class LeNet5(nn.Module):
     x = pool(x, (2, 2), strides=(2, 2))  # S4: 10 -> 5
     x = act(nn.Conv(120, (5, 5), name='c5', **conv)(x))  # 5 -> 1
     x = x.reshape((x.shape[0], -1))
-    x = act(nn.Dense(84, name='f6', **dense)(x))
+    x = act(dense(84, 'f6', x))
     if self.dropout_rate > 0:
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    x = nn.Dense(self.num_classes, name='output', **dense)(x)
+    x = dense(self.num_classes, 'output', x)
     return x.astype(jnp.float32)
 
 

@@ -6,6 +6,8 @@
 - He, Zhang, Ren & Sun 2016, "Identity Mappings in Deep Residual Networks" (pre-activation, v2):
   BN-ReLU-conv units (Sec. 4.1, Fig. 4e); ImageNet nets in timm's ResNetV2 layout, CIFAR
   ResNet-164/1001 (Sec. 5, Table 3).
+- Huang, Sun, Liu, Sedra & Weinberger 2016, "Deep Networks with Stochastic Depth": residual
+  branches dropped per example with linearly decaying survival probabilities (Sec. 3).
 
 Variants are data: a registered name binds `stage_sizes`, `block`, `widths`, `stem`, `preact`,
 `shortcut` and `residual`; the registrations are at the end of this file.
@@ -81,12 +83,19 @@ class _Block(nn.Module):
     # Goyal et al. 2017, Sec. 5.1: gamma = 0 in each branch's last BN, so units start as identities.
     return nn.initializers.zeros if self.zero_init_last else nn.initializers.ones
 
+  @staticmethod
+  def _gate(y: jax.Array, gate: jax.Array | None) -> jax.Array:
+    """The residual branch times its per-example stochastic-depth gate ([batch]: 0/1 in
+    training, the survival probability p_l at test; Huang et al. 2016, Sec. 3, Eq. 5); None:
+    no stochastic depth."""
+    return y if gate is None else y * gate.astype(y.dtype)[:, None, None, None]
+
 
 class BasicBlock(_Block):
   """Two 3x3 convolutions, post-activation (He et al. 2015, Sec. 3.3, Fig. 5 left)."""
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, gate: jax.Array | None = None) -> jax.Array:
     y = _conv(self.conv, self.features, 3, self.strides, 'conv1')(x)
     y = self.act(self.norm(name='bn1')(y))
     y = _conv(self.conv, self.features, 3, 1, 'conv2')(y)
@@ -94,7 +103,7 @@ class BasicBlock(_Block):
     if not self.residual:
       return self.act(y)
     s = _shortcut(x, self.features, self.strides, self.shortcut, self.conv, self.norm)
-    return self.act(y + s)
+    return self.act(self._gate(y, gate) + s)
 
 
 class Bottleneck(_Block):
@@ -107,7 +116,7 @@ class Bottleneck(_Block):
   expansion: ClassVar[int] = 4
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, gate: jax.Array | None = None) -> jax.Array:
     s1, s3 = (self.strides, 1) if self.stride_on_1x1 else (1, self.strides)
     out = self.features * self.expansion
     y = _conv(self.conv, self.features, 1, s1, 'conv1')(x)
@@ -118,7 +127,8 @@ class Bottleneck(_Block):
     y = self.norm(name='bn3', scale_init=self._last_scale_init())(y)
     if not self.residual:
       return self.act(y)
-    return self.act(y + _shortcut(x, out, self.strides, self.shortcut, self.conv, self.norm))
+    s = _shortcut(x, out, self.strides, self.shortcut, self.conv, self.norm)
+    return self.act(self._gate(y, gate) + s)
 
 
 class PreActBasicBlock(_Block):
@@ -128,14 +138,15 @@ class PreActBasicBlock(_Block):
   """
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, gate: jax.Array | None = None) -> jax.Array:
     p = self.act(self.norm(name='norm1')(x))
     y = _conv(self.conv, self.features, 3, self.strides, 'conv1')(p)
     y = self.act(self.norm(name='norm2')(y))
     y = _conv(self.conv, self.features, 3, 1, 'conv2')(y)
     if not self.residual:
       return y
-    return y + _shortcut(x, self.features, self.strides, self.shortcut, self.conv, None, p)
+    return self._gate(y, gate) + _shortcut(x, self.features, self.strides, self.shortcut,
+                                           self.conv, None, p)
 
 
 class PreActBottleneck(_Block):
@@ -148,7 +159,7 @@ class PreActBottleneck(_Block):
   expansion: ClassVar[int] = 4
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, gate: jax.Array | None = None) -> jax.Array:
     s1, s3 = (self.strides, 1) if self.stride_on_1x1 else (1, self.strides)
     out = self.features * self.expansion
     p = self.act(self.norm(name='norm1')(x))
@@ -159,17 +170,18 @@ class PreActBottleneck(_Block):
     y = _conv(self.conv, out, 1, 1, 'conv3')(y)
     if not self.residual:
       return y
-    return y + _shortcut(x, out, self.strides, self.shortcut, self.conv, None, p)
+    return self._gate(y, gate) + _shortcut(x, out, self.strides, self.shortcut, self.conv, None, p)
 
 
 class _ScanUnit(nn.Module):
-  """Gives a unit the (carry, x) -> (carry, y) signature that nn.scan wants."""
+  """Gives a unit the (carry, x) -> (carry, y) signature that nn.scan wants; the scanned input
+  is the unit's stochastic-depth gate (None without stochastic depth)."""
 
   unit: ModuleDef
 
   @nn.compact
-  def __call__(self, x: jax.Array, _: None) -> tuple[jax.Array, None]:
-    return self.unit(name='unit')(x), None
+  def __call__(self, x: jax.Array, gate: jax.Array | None) -> tuple[jax.Array, None]:
+    return self.unit(name='unit')(x, gate), None
 
 
 BLOCKS: dict[tuple[str, bool], type[_Block]] = {
@@ -211,6 +223,16 @@ class ResNet(nn.Module):
       output constant) and nothing in preact nets (their branches end in a conv, not a BN; timm
       leaves those convs at their default init too).
     dropout_rate: dropout before the head (the `dropout` RNG stream).
+    dropconnect_rate: DropConnect on the head's weights (layers.DropConnectDense, Wan et al.
+      2013; the `dropout` stream); 0 keeps a plain nn.Dense, with the same parameters either way.
+    stochastic_depth: 1 - p_L, the drop probability of the last of the L residual units (Huang
+      et al. 2016, Sec. 3; 0.5 is the paper's p_L = 0.5). Unit l (1..L, in order over all
+      stages) survives with p_l = 1 - (l / L)(1 - p_L). In training its residual branch is kept
+      or zeroed PER EXAMPLE (Bernoulli(p_l), from the `drop_path` stream; the shortcut always
+      stays); at test it is multiplied by p_l (Eq. 5), with no rescaling in training. The gates
+      of a training pass are sown as intermediates['drop_path_gates'] ([batch, L]). Branches
+      are still computed (per-example gates under jit), so there is no training speed-up; BN
+      statistics see every example. 0: off, the unit code path is unchanged.
     scan_blocks: run the identical units 1..n-1 of each stage as one nn.scan (parameters stacked
       under 'stage{i}_scan', same count). Tracing and compiling then cost O(stages), not
       O(depth), which matters for ResNet-1202/1001; `count_params` uses it. Off by default: the
@@ -235,7 +257,27 @@ class ResNet(nn.Module):
   bn_epsilon: float = 1e-5
   zero_init_residual: bool = True
   dropout_rate: float = 0.0
+  dropconnect_rate: float = 0.0
+  stochastic_depth: float = 0.0
   scan_blocks: bool = False
+
+  def _depth_gates(self, batch: int, train: bool) -> jax.Array | None:
+    """[batch, L] stochastic-depth gates of the L residual units, or None when it is off."""
+    if self.stochastic_depth == 0:
+      return None
+    if not 0 < self.stochastic_depth <= 1:
+      raise ValueError(f'stochastic_depth (1 - p_L) must be in [0, 1], got {self.stochastic_depth}')
+    if not self.residual:
+      raise ValueError('stochastic_depth drops residual branches, and a plain net '
+                       '(residual=False) has none; use stochastic_depth=0')
+    num_units = sum(self.stage_sizes)
+    # Huang et al. 2016, Sec. 3, Eq. 4: linear decay rule p_l = 1 - (l / L)(1 - p_L).
+    survival = 1.0 - jnp.arange(1, num_units + 1) / num_units * self.stochastic_depth
+    if not train:
+      return jnp.broadcast_to(survival, (batch, num_units))
+    gates = jax.random.bernoulli(self.make_rng('drop_path'), survival, (batch, num_units))
+    self.sow('intermediates', 'drop_path_gates', gates)
+    return gates.astype(jnp.float32)
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -273,6 +315,12 @@ class ResNet(nn.Module):
     else:
       raise ValueError(f"unknown stem {self.stem!r}; valid: 'imagenet', 'cifar'")
 
+    gates = self._depth_gates(x.shape[0], train)
+
+    def gate(unit_index: int) -> jax.Array | None:  # counted over all stages, from 0
+      return None if gates is None else gates[:, unit_index]
+
+    first = 0  # the stage's first unit, counted over all stages
     for i, (num_blocks, width) in enumerate(zip(self.stage_sizes, self.widths)):
       unit = functools.partial(
           BLOCKS[(self.block, self.preact)],
@@ -285,7 +333,7 @@ class ResNet(nn.Module):
           zero_init_last=self.zero_init_residual and self.residual and not self.preact,
           stride_on_1x1=self.stride_on_1x1,
       )
-      x = unit(strides=2 if i > 0 else 1, name=f'stage{i}_block0')(x)
+      x = unit(strides=2 if i > 0 else 1, name=f'stage{i}_block0')(x, gate(first))
       if self.scan_blocks and num_blocks > 1:
         scan = nn.scan(
             _ScanUnit,
@@ -293,17 +341,24 @@ class ResNet(nn.Module):
             split_rngs={'params': True, 'dropout': True},
             length=num_blocks - 1,
         )
-        x, _ = scan(functools.partial(unit, strides=1), name=f'stage{i}_scan')(x, None)
+        scan_gates = None if gates is None else gates[:, first + 1:first + num_blocks].T
+        x, _ = scan(functools.partial(unit, strides=1), name=f'stage{i}_scan')(x, scan_gates)
       else:
         for j in range(1, num_blocks):
-          x = unit(strides=1, name=f'stage{i}_block{j}')(x)
+          x = unit(strides=1, name=f'stage{i}_block{j}')(x, gate(first + j))
+      first += num_blocks
 
     if self.preact:
       x = act(norm(name='final_norm')(x))
     x = jnp.mean(x, axis=(1, 2))
     if self.dropout_rate > 0:
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32, name='head')(x)
+    head = dict(dtype=self.dtype, param_dtype=jnp.float32, name='head')
+    if self.dropconnect_rate > 0:
+      x = layers.DropConnectDense(self.num_classes, rate=self.dropconnect_rate, **head)(
+          x, deterministic=not train)
+    else:
+      x = nn.Dense(self.num_classes, **head)(x)
     return x.astype(jnp.float32)
 
 
