@@ -8,15 +8,18 @@ as one global array sharded over the mesh axis `batch` (or, for `jax.pmap`, as a
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import grain
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from resnet_jax.data.augment import EvalPreprocess, TrainAugment
+from resnet_jax.data.augment import AugmentOptions, EvalPreprocess, TrainAugment
 from resnet_jax.data.sources import Split
+
+if TYPE_CHECKING:
+  from resnet_jax.data.preprocess import Preprocessing
 
 
 def per_process_batch_size(global_batch_size: int) -> int:
@@ -43,13 +46,28 @@ def _to_iter(dataset: grain.MapDataset, num_workers: int) -> grain.IterDataset:
   return dataset.to_iter_dataset().mp_prefetch(workers)
 
 
+def train_augment(split: Split, augment: str, image_size: int, dataset_config=None,
+                  preprocessing: Preprocessing | None = None) -> TrainAugment:
+  """The per-example augmentation of `augment`, with the numbers of `dataset_config` (None: the
+  defaults) and the colour PCA and cutout fill of `preprocessing` (when the ops need them)."""
+  options = AugmentOptions.from_config(dataset_config)
+  if preprocessing is None:
+    return TrainAugment(augment, image_size, options)
+  channels = split.records[0]['image'].shape[-1]
+  fill = preprocessing.zero_image((image_size, image_size, channels))
+  return TrainAugment(augment, image_size, options, preprocessing.lighting, fill)
+
+
 def make_train_loader(split: Split, *, global_batch_size: int, seed: int, augment: str,
-                      image_size: int, num_workers: int) -> grain.IterDataset:
+                      image_size: int, num_workers: int, dataset_config=None,
+                      preprocessing: Preprocessing | None = None) -> grain.IterDataset:
   """An endless stream of training batches from `split`, reshuffled every epoch.
 
   Batch k is a pure function of (seed, k): the shuffle is an index permutation from `seed` and
   each example's augmentation is seeded from `seed` and its position, whatever the number of
   workers or hosts. `iter()` gives an iterator whose `get_state()` is saved in every checkpoint.
+  `dataset_config` gives the ops' numbers (pad, scale_range, ...; None: the defaults);
+  `preprocessing` (from `preprocess.fit`) the colour PCA of pca_lighting and cutout's fill.
   """
   batch_size = per_process_batch_size(global_batch_size)
   if len(split) < global_batch_size:
@@ -60,7 +78,8 @@ def make_train_loader(split: Split, *, global_batch_size: int, seed: int, augmen
   # x 4 devices see exactly the batches of 1 host x 8 devices.
   dataset = (grain.MapDataset.source(split.records)
              .seed(seed).shuffle().repeat(None)
-             .random_map(TrainAugment(augment, image_size))
+             .random_map(train_augment(split, augment, image_size, dataset_config,
+                                       preprocessing))
              .batch(batch_size, drop_remainder=True))
   dataset = dataset[jax.process_index()::jax.process_count()]
   return _to_iter(dataset, num_workers)
