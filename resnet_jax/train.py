@@ -152,6 +152,13 @@ def normalize(images: jax.Array, mean, std, dtype) -> jax.Array:
   return ((images.astype(jnp.float32) - mean) / std).astype(dtype)
 
 
+def preprocess_images(images: jax.Array, pre: dict | None, mean, std, dtype) -> jax.Array:
+  """The fitted preprocessing `pre` when given (data.preprocess.apply), else mean/std."""
+  if pre is not None:
+    return data.preprocess.apply(pre, images, dtype)
+  return normalize(images, mean, std, dtype)
+
+
 def cross_replica_mean(tree):
   return lax.pmean(tree, AXIS)
 
@@ -219,14 +226,17 @@ def soft_targets(labels: jax.Array, num_classes: int, label_smoothing: float = 0
   return lam * target(labels) + (1.0 - lam) * target(partner_labels)
 
 
-def train_step(state: TrainState, batch: dict, key: jax.Array, *, mean, std, dtype,
-               label_smoothing: float = 0.0, skip_nonfinite: bool = False,
-               aux_weight: float = 0.0, grad_accum_steps: int = 1, ema_decay: float = 0.0,
-               loss_weight_decay: float = 0.0, mixup_alpha: float = 0.0,
+def train_step(state: TrainState, batch: dict, key: jax.Array, pre: dict | None = None, *,
+               dtype, mean=None, std=None, label_smoothing: float = 0.0,
+               skip_nonfinite: bool = False, aux_weight: float = 0.0, grad_accum_steps: int = 1,
+               ema_decay: float = 0.0, loss_weight_decay: float = 0.0, mixup_alpha: float = 0.0,
                cutmix_alpha: float = 0.0, mix_prob: float = 1.0, mix_switch_prob: float = 0.5):
   """One optimizer update on this device's slice of the global batch (call it under
   DataParallel.map).
 
+  - `pre`: the run's fitted preprocessing (data.preprocess: `Preprocessing.arrays()`), an
+    argument of the step so a whitening matrix is not baked into the program; without it,
+    (x - mean) / std with the static `mean` and `std`.
   - A model that returns (logits, *aux_logits) in training (GoogLeNet, Inception-v3 with
     aux_logits=True) adds `aux_weight` times each auxiliary classifier's loss.
   - `mixup_alpha`, `cutmix_alpha`: the slice is mixed with a permutation of itself (mix_batch),
@@ -245,7 +255,7 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, *, mean, std, dty
   purposes = (*RNG_STREAMS, 'mixup')
   keys = dict(zip(purposes, jax.random.split(key, len(purposes))))
   rngs = {name: keys[name] for name in RNG_STREAMS}
-  images = normalize(batch['image'], mean, std, jnp.float32)
+  images = preprocess_images(batch['image'], pre, mean, std, jnp.float32)
   labels = batch['label']
   partner, lam = None, 1.0
   if mixup_alpha > 0 or cutmix_alpha > 0:
@@ -312,15 +322,15 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, *, mean, std, dty
   return new_state, metrics
 
 
-def eval_step(state: TrainState, batch: dict, key: jax.Array | None = None, *, mean, std, dtype,
-              ema: bool = False):
+def eval_step(state: TrainState, batch: dict, key: jax.Array | None = None,
+              pre: dict | None = None, *, dtype, mean=None, std=None, ema: bool = False):
   """Sums of loss, correct predictions and real examples over the global batch (mask-aware);
   with `ema`, also `ema_loss` and `ema_correct` of the averaged weights.
 
   `key` is the 'fmp' stream's fixed key (fractional max pooling draws its regions from it even
   in evaluation), the same for every batch and device: evaluation is deterministic.
   """
-  images = normalize(batch['image'], mean, std, dtype)
+  images = preprocess_images(batch['image'], pre, mean, std, dtype)
   rngs = {} if key is None else {'fmp': key}
   mask = batch['mask']
 
@@ -355,9 +365,13 @@ class Experiment:
   p_eval_step: Callable
   state: Any  # In the parallel layout.
   eval_key: Any = None  # The fixed 'fmp' key of every evaluation (eval_step).
+  preprocessing: Any = None  # data.Preprocessing, fitted on the training split or loaded.
+  pre_arrays: Any = None  # Its arrays, on the devices: the 'pre' argument of both steps.
 
 
-def setup(config, *, train: bool = True) -> Experiment:
+def setup(config, *, train: bool = True, workdir: str | None = None) -> Experiment:
+  """Builds the run of `config`. With `workdir`, the preprocessing is loaded from (or fitted
+  and saved to) WORKDIR/preprocess.npz, so evaluation and restarts use the same transform."""
   check_config(config)
   parallel = DataParallel(config.parallelism)
   d = config.dataset
@@ -398,7 +412,18 @@ def setup(config, *, train: bool = True) -> Experiment:
     host_state = jax.device_get(parallel.unreplicate(state))
     state = parallel.replicate(with_pretrained(host_state, config.init_from))
   dtype = model.dtype
-  norm = dict(mean=tuple(d.mean), std=tuple(d.std), dtype=dtype)
+  norm = dict(dtype=dtype)
+  if workdir is not None:
+    preprocessing = data.preprocess.load_or_fit(os.path.join(workdir, 'preprocess.npz'),
+                                                train_split, d)
+  elif train_split is None and data.preprocess.needs_fit(d):
+    raise ValueError(f"config.dataset.preprocess '{d.preprocess}' (or augment '{d.augment}') "
+                     'needs the training split or a workdir holding preprocess.npz')
+  else:
+    preprocessing = data.preprocess.fit(train_split, d)
+  pre_arrays = jax.tree.map(np.asarray, preprocessing.arrays())
+  if parallel.mode == 'shard_map':  # Placed once; pmap broadcasts a 'const' on every call.
+    pre_arrays = parallel.replicate(pre_arrays)
   p_train = parallel.map(
       functools.partial(train_step, label_smoothing=config.label_smoothing,
                         skip_nonfinite=config.skip_nonfinite,
@@ -407,11 +432,12 @@ def setup(config, *, train: bool = True) -> Experiment:
                         loss_weight_decay=optim.loss_weight_decay(config),
                         mixup_alpha=config.mixup_alpha, cutmix_alpha=config.cutmix_alpha,
                         mix_prob=config.mix_prob, mix_switch_prob=config.mix_switch_prob, **norm),
-      ('state', 'batch', 'const'), donate_state=True)
+      ('state', 'batch', 'const', 'const'), donate_state=True)
   p_eval = parallel.map(functools.partial(eval_step, ema=config.ema_decay > 0, **norm),
-                        ('state', 'batch', 'const'))
+                        ('state', 'batch', 'const', 'const'))
   return Experiment(config, parallel, model, train_split, eval_split, steps_per_epoch,
-                    total_steps, p_train, p_eval, state, eval_key=jax.random.fold_in(root, 2))
+                    total_steps, p_train, p_eval, state, eval_key=jax.random.fold_in(root, 2),
+                    preprocessing=preprocessing, pre_arrays=pre_arrays)
 
 
 def with_pretrained(state: TrainState, path: str) -> TrainState:
@@ -462,7 +488,7 @@ def evaluate(exp: Experiment, state=None) -> dict:
   for batch in data.eval_batches(exp.eval_split, global_batch_size=exp.config.batch_size,
                                  augment=d.augment, image_size=d.image_size,
                                  num_workers=d.num_workers):
-    sums = exp.p_eval_step(state, exp.parallel.shard_batch(batch), exp.eval_key)
+    sums = exp.p_eval_step(state, exp.parallel.shard_batch(batch), exp.eval_key, exp.pre_arrays)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   totals = jax.device_get(exp.parallel.unreplicate(totals))
   n = float(totals['examples'])
@@ -570,11 +596,12 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None)
   (`{'step': ..., 'preempted': True}`); the next call resumes exactly there.
   """
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # Local or a bucket (gs://...).
-  exp = setup(config)
+  exp = setup(config, workdir=workdir)
   d = config.dataset
   loader = data.make_train_loader(exp.train_split, global_batch_size=config.batch_size,
                                   seed=config.seed, augment=d.augment, image_size=d.image_size,
-                                  num_workers=d.num_workers)
+                                  num_workers=d.num_workers, dataset_config=d,
+                                  preprocessing=exp.preprocessing)
   batches = iter(loader)
   checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints,
                               fallback=config.restore_fallback)
@@ -598,7 +625,7 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None)
   try:
     for step in range(start + 1, end + 1):
       batch = exp.parallel.shard_batch(next(batches))
-      state, metrics = exp.p_train_step(state, batch, train_key)
+      state, metrics = exp.p_train_step(state, batch, train_key, exp.pre_arrays)
       pending.append((step, metrics))
       preempted = preemption.reached(step)
       log_now = step % config.log_every_steps == 0 or step == end
@@ -667,7 +694,7 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None)
 
 def evaluate_checkpoint(config, workdir: str) -> dict:
   """`--mode=eval`: the latest checkpoint of `workdir` on `config.dataset.eval_split`."""
-  exp = setup(config, train=False)
+  exp = setup(config, train=False, workdir=workdir)
   checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints,
                               fallback=config.restore_fallback)
   if checkpointer.latest_step() is None:
