@@ -369,6 +369,16 @@ class Experiment:
   pre_arrays: Any = None  # Its arrays, on the devices: the 'pre' argument of both steps.
 
 
+def train_step_options(config, model) -> dict:
+  """The keyword arguments of `train_step` that come from the config (and the model)."""
+  return dict(label_smoothing=config.label_smoothing, skip_nonfinite=config.skip_nonfinite,
+              aux_weight=getattr(model, 'AUX_WEIGHT', 0.0),
+              grad_accum_steps=config.grad_accum_steps, ema_decay=config.ema_decay,
+              loss_weight_decay=optim.loss_weight_decay(config), mixup_alpha=config.mixup_alpha,
+              cutmix_alpha=config.cutmix_alpha, mix_prob=config.mix_prob,
+              mix_switch_prob=config.mix_switch_prob)
+
+
 def setup(config, *, train: bool = True, workdir: str | None = None) -> Experiment:
   """Builds the run of `config`. With `workdir`, the preprocessing is loaded from (or fitted
   and saved to) WORKDIR/preprocess.npz, so evaluation and restarts use the same transform."""
@@ -424,15 +434,8 @@ def setup(config, *, train: bool = True, workdir: str | None = None) -> Experime
   pre_arrays = jax.tree.map(np.asarray, preprocessing.arrays())
   if parallel.mode == 'shard_map':  # Placed once; pmap broadcasts a 'const' on every call.
     pre_arrays = parallel.replicate(pre_arrays)
-  p_train = parallel.map(
-      functools.partial(train_step, label_smoothing=config.label_smoothing,
-                        skip_nonfinite=config.skip_nonfinite,
-                        aux_weight=getattr(model, 'AUX_WEIGHT', 0.0),
-                        grad_accum_steps=config.grad_accum_steps, ema_decay=config.ema_decay,
-                        loss_weight_decay=optim.loss_weight_decay(config),
-                        mixup_alpha=config.mixup_alpha, cutmix_alpha=config.cutmix_alpha,
-                        mix_prob=config.mix_prob, mix_switch_prob=config.mix_switch_prob, **norm),
-      ('state', 'batch', 'const', 'const'), donate_state=True)
+  p_train = parallel.map(functools.partial(train_step, **train_step_options(config, model), **norm),
+                         ('state', 'batch', 'const', 'const'), donate_state=True)
   p_eval = parallel.map(functools.partial(eval_step, ema=config.ema_decay > 0, **norm),
                         ('state', 'batch', 'const', 'const'))
   return Experiment(config, parallel, model, train_split, eval_split, steps_per_epoch,

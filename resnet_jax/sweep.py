@@ -1,0 +1,319 @@
+"""Hyperparameter search over config fields: grid or random, one results table.
+
+  python -m resnet_jax.sweep --config=experiments/configs/default.py --workdir=DIR \\
+      --sweep='schedule.base_lr=[0.01,0.03,0.1]' --sweep='optimizer.weight_decay=[0,5e-4]' \\
+      [--search=grid|random --trials=N --sweep_seed=S] [--vmap=auto|on|off] [--config.x=V ...]
+
+A `--sweep` value is a list `[a,b,c]` (grid: every combination; random: one of them per trial) or,
+for random search, a distribution: `uniform(lo,hi)`, `loguniform(lo,hi)` (Bergstra & Bengio 2012:
+random search finds good settings in fewer trials than a grid when few fields matter) or
+`randint(lo,hi)` (inclusive).
+
+Candidates that differ only in numbers the step uses arithmetically (learning rate, weight decay,
+momentum, label smoothing, mixup alpha, seed, ...) of a small model are trained TOGETHER: their
+train states are stacked and one `jax.vmap`-ed step updates them all in one program, on the same
+batches. Anything else (a model name, a schedule name, a batch size), or a model over
+`VMAP_MAX_PARAMS`, runs the candidates one after another, each a normal resumable run in
+DIR/trial_NNN. Either way DIR/sweep.csv and DIR/sweep.md hold one row per candidate.
+"""
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import math
+import os
+import re
+import time
+from typing import Any
+
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+VMAP_MAX_PARAMS = 5_000_000
+
+_DISTRIBUTIONS = ('uniform', 'loguniform', 'randint')
+
+
+def _number(text: str) -> Any:
+  text = text.strip()
+  for kind in (int, float):
+    try:
+      return kind(text)
+    except ValueError:
+      pass
+  if text.lower() in ('true', 'false'):
+    return text.lower() == 'true'
+  return text.strip('\'"')
+
+
+def parse_spec(spec: str) -> tuple[str, Any]:
+  """'a.b=[1,2]' -> ('a.b', [1, 2]); 'a.b=loguniform(1e-4,1e-1)' -> ('a.b', ('loguniform', ..))."""
+  field, sep, value = spec.partition('=')
+  field, value = field.strip(), value.strip()
+  if not sep or not field:
+    raise ValueError(f"--sweep {spec!r}: write FIELD=[v1,v2,...] or FIELD=loguniform(lo,hi)")
+  listed = re.fullmatch(r'\[(.*)\]', value)
+  if listed:
+    values = [_number(v) for v in listed[1].split(',') if v.strip()]
+    if not values:
+      raise ValueError(f'--sweep {spec!r}: the list is empty')
+    return field, values
+  dist = re.fullmatch(r'(\w+)\((.*),(.*)\)', value)
+  if dist and dist[1] in _DISTRIBUTIONS:
+    lo, hi = _number(dist[2]), _number(dist[3])
+    if not lo < hi or (dist[1] == 'loguniform' and lo <= 0):
+      raise ValueError(f'--sweep {spec!r}: need lo < hi (and lo > 0 for loguniform)')
+    return field, (dist[1], lo, hi)
+  raise ValueError(f"--sweep {spec!r}: the value must be [v1,v2,...] or one of "
+                   f"{', '.join(d + '(lo,hi)' for d in _DISTRIBUTIONS)}")
+
+
+def candidates(specs: list[tuple[str, Any]], search: str, trials: int,
+               seed: int) -> list[dict[str, Any]]:
+  """The settings to try: the grid's every combination, or `trials` random draws."""
+  if search == 'grid':
+    ranged = [f for f, v in specs if isinstance(v, tuple)]
+    if ranged:
+      raise ValueError(f'--search=grid needs lists; {ranged} give a distribution '
+                       '(use --search=random)')
+    fields = [f for f, _ in specs]
+    return [dict(zip(fields, combo)) for combo in itertools.product(*(v for _, v in specs))]
+  rng = np.random.default_rng(seed)
+  out = []
+  for _ in range(trials):
+    draw = {}
+    for field, v in specs:
+      if isinstance(v, list):
+        draw[field] = v[int(rng.integers(len(v)))]
+      elif v[0] == 'uniform':
+        draw[field] = float(rng.uniform(v[1], v[2]))
+      elif v[0] == 'loguniform':
+        draw[field] = float(math.exp(rng.uniform(math.log(v[1]), math.log(v[2]))))
+      else:
+        draw[field] = int(rng.integers(v[1], v[2] + 1))
+    out.append(draw)
+  return out
+
+
+def with_overrides(config, overrides: dict[str, Any]):
+  """A copy of `config` with dotted fields set (a misspelt field is an error naming it)."""
+  config = config.copy_and_resolve_references()
+  for field, value in overrides.items():
+    parent = config
+    *path, leaf = field.split('.')
+    try:
+      for part in path:
+        parent = parent[part]
+      current = parent[leaf]
+    except (KeyError, AttributeError) as e:
+      raise ValueError(f'--sweep: the config has no field {field!r} ({e})') from None
+    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+      value = float(value)
+    parent[leaf] = value
+  return config
+
+
+def write_table(workdir: str, rows: list[dict]) -> str:
+  """DIR/sweep.csv and DIR/sweep.md, best accuracy first; returns the Markdown."""
+  rows = sorted(rows, key=lambda r: -r['accuracy'])
+  columns = list(rows[0])
+  with open(os.path.join(workdir, 'sweep.csv'), 'w', newline='') as f:
+    writer = csv.DictWriter(f, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+  fmt = lambda v: f'{v:.4g}' if isinstance(v, float) else str(v)
+  lines = ['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
+  lines += ['| ' + ' | '.join(fmt(r[c]) for c in columns) + ' |' for r in rows]
+  table = '\n'.join(lines) + '\n'
+  with open(os.path.join(workdir, 'sweep.md'), 'w') as f:
+    f.write(table)
+  return table
+
+
+def run_sequential(config, settings: list[dict], workdir: str) -> list[dict]:
+  """Each candidate as its own (resumable) run in workdir/trial_NNN."""
+  from resnet_jax import train
+  rows = []
+  for i, overrides in enumerate(settings):
+    trial_dir = os.path.join(workdir, f'trial_{i:03d}')
+    done = os.path.join(trial_dir, 'results.json')
+    start = time.perf_counter()
+    if os.path.exists(done):  # A rerun of the sweep skips the finished trials.
+      with open(done) as f:
+        results = json.load(f)
+    else:
+      results = train.train_and_evaluate(with_overrides(config, overrides), trial_dir)
+    rows.append({**overrides, 'accuracy': results['accuracy'], 'loss': results['loss'],
+                 'examples': results['examples'], 'seconds': time.perf_counter() - start,
+                 'trial': f'trial_{i:03d}'})
+  return rows
+
+
+def _set_field(config, field: str, value) -> None:
+  *path, leaf = field.split('.')
+  for part in path:
+    config = config[part]
+  config[leaf] = value
+
+
+class NotVmappable(Exception):
+  """The candidates cannot share one vmapped program (the reason is the message)."""
+
+
+def run_vmapped(config, settings: list[dict], workdir: str) -> list[dict]:
+  """All candidates in one program: stacked train states, one vmapped step, the same batches.
+
+  The swept fields enter the step as traced numbers: the optimizer and the step's options are
+  rebuilt from them inside the vmapped function, so any field used arithmetically (learning
+  rate, weight decay, label smoothing, the seed of the initialisation and of the on-device
+  randomness) can differ. The batch order is the base config's, shared by all candidates.
+  """
+  import jax
+  import jax.numpy as jnp
+  import ml_collections
+
+  from resnet_jax import data, optim, train
+  from resnet_jax.models import count_params
+
+  fields = sorted(settings[0])
+  base = with_overrides(config, settings[0])
+  if base.init_from:
+    raise NotVmappable('config.init_from is set')
+  exp = train.setup(base, workdir=workdir)
+  params = count_params(base.model.name, exp.eval_split.num_classes)
+  if params > VMAP_MAX_PARAMS:
+    raise NotVmappable(f'{base.model.name} has {params:,} parameters (> {VMAP_MAX_PARAMS:,})')
+  hp = {f: jnp.asarray([s[f] for s in settings]) for f in fields}
+  base_state = jax.device_get(exp.parallel.unreplicate(exp.state))
+  image_shape = jax.tree.leaves(exp.eval_split.records[0]['image'])[0].shape
+  image_shape = (base.dataset.image_size, base.dataset.image_size, image_shape[-1])
+  plain = base.to_dict()
+
+  def candidate_config(values):
+    cfg = ml_collections.ConfigDict(plain, type_safe=False)
+    for field, value in values.items():
+      _set_field(cfg, field, value)
+    return cfg
+
+  def init_one(values):
+    cfg = candidate_config(values)
+    tx = optim.create_optimizer(cfg, exp.steps_per_epoch)
+    root = jax.random.PRNGKey(cfg.seed)
+    state = train.create_train_state(exp.model, tx, jax.random.fold_in(root, 0), image_shape,
+                                     ema=base.ema_decay > 0)
+    return state.replace(tx=base_state.tx), jax.random.fold_in(root, 1)
+
+  def step_one(state, values, batch, key, pre):
+    cfg = candidate_config(values)
+    tx = optim.create_optimizer(cfg, exp.steps_per_epoch)
+    new, metrics = train.train_step(state.replace(tx=tx), batch, key, pre, dtype=exp.model.dtype,
+                                    **train.train_step_options(cfg, exp.model))
+    return new.replace(tx=base_state.tx), metrics
+
+  def eval_one(state, batch, key, pre):
+    return train.eval_step(state, batch, key, pre, dtype=exp.model.dtype,
+                           ema=base.ema_decay > 0)
+
+  try:
+    states, keys = jax.jit(jax.vmap(init_one))(hp)
+  except (jax.errors.ConcretizationTypeError, TypeError) as e:
+    raise NotVmappable(f'{", ".join(fields)} change the program, not just numbers in it: '
+                       f'{type(e).__name__}') from e
+  p_step = exp.parallel.map(jax.vmap(step_one, in_axes=(0, 0, None, 0, None)),
+                            ('state', 'const', 'batch', 'const', 'const'), donate_state=True)
+  p_eval = exp.parallel.map(jax.vmap(eval_one, in_axes=(0, None, None, None)),
+                            ('state', 'batch', 'const', 'const'))
+  states = exp.parallel.replicate(jax.device_get(states))
+  d = base.dataset
+  loader = data.make_train_loader(exp.train_split, global_batch_size=base.batch_size,
+                                  seed=base.seed, augment=d.augment, image_size=d.image_size,
+                                  num_workers=d.num_workers, dataset_config=d,
+                                  preprocessing=exp.preprocessing)
+  batches = iter(loader)
+  start, window = time.perf_counter(), []
+  try:
+    for step in range(1, exp.total_steps + 1):
+      batch = exp.parallel.shard_batch(next(batches))
+      states, metrics = p_step(states, hp, batch, keys, exp.pre_arrays)
+      window.append(metrics['loss'])
+      if step % base.log_every_steps == 0 or step == exp.total_steps:
+        losses = np.mean(np.asarray(jax.device_get(exp.parallel.unreplicate(window))), axis=0)
+        logging.info('sweep step %d/%d: loss %s', step, exp.total_steps,
+                     ' '.join(f'{x:.4f}' for x in losses))
+        last_losses, window = losses, []
+  except (jax.errors.ConcretizationTypeError, TypeError) as e:
+    raise NotVmappable(f'{", ".join(fields)} change the train step, not just numbers in it: '
+                       f'{type(e).__name__}') from e
+  totals = None
+  for batch in data.eval_batches(exp.eval_split, global_batch_size=base.batch_size,
+                                 augment=d.augment, image_size=d.image_size,
+                                 num_workers=d.num_workers):
+    sums = p_eval(states, exp.parallel.shard_batch(batch), exp.eval_key, exp.pre_arrays)
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  totals = jax.device_get(exp.parallel.unreplicate(totals))
+  seconds = time.perf_counter() - start
+  rows = []
+  for i, overrides in enumerate(settings):
+    n = float(totals['examples'][i])
+    rows.append({**overrides, 'accuracy': float(totals['correct'][i]) / n,
+                 'loss': float(totals['loss'][i]) / n, 'train_loss': float(last_losses[i]),
+                 'examples': int(n), 'seconds': seconds, 'trial': 'vmap'})
+  return rows
+
+
+def run_sweep(config, specs: list[str], workdir: str, *, search: str = 'grid', trials: int = 8,
+              sweep_seed: int = 0, vmap: str = 'auto') -> list[dict]:
+  """Trains every candidate and writes WORKDIR/sweep.csv and sweep.md; returns the rows."""
+  if not specs:
+    raise ValueError('--sweep: give at least one FIELD=[v1,v2,...]')
+  settings = candidates([parse_spec(s) for s in specs], search, trials, sweep_seed)
+  for overrides in settings:  # Every field must exist before anything trains.
+    with_overrides(config, overrides)
+  os.makedirs(workdir, exist_ok=True)
+  rows = None
+  if vmap != 'off' and len(settings) > 1:
+    try:
+      rows = run_vmapped(config, settings, workdir)
+      logging.info('Trained %d candidates together with vmap.', len(settings))
+    except NotVmappable as e:
+      if vmap == 'on':
+        raise ValueError(f'--vmap=on: these candidates cannot be trained together ({e})') from e
+      logging.info('Candidates one after another: %s', e)
+  if rows is None:
+    rows = run_sequential(config, settings, workdir)
+  table = write_table(workdir, rows)
+  print(table)
+  return rows
+
+
+def define_flags() -> None:
+  """The command line's flags (defined only when run as a program: resnet_jax.main has its own
+  --config and --workdir, and both modules may be imported in one process)."""
+  config_flags.DEFINE_config_file(
+      'config', os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                             'experiments', 'configs', 'default.py'),
+      'Base experiment config; --config.a.b=V overrides fields for every candidate.')
+  flags.DEFINE_string('workdir', None, 'Directory for the sweep table and the trials.')
+  flags.DEFINE_multi_string('sweep', [], 'FIELD=[v1,v2,...] or FIELD=loguniform(lo,hi)')
+  flags.DEFINE_enum('search', 'grid', ['grid', 'random'], 'Grid or random search.')
+  flags.DEFINE_integer('trials', 8, 'Random search: the number of candidates.')
+  flags.DEFINE_integer('sweep_seed', 0, 'Random search: the seed of the draws.')
+  flags.DEFINE_enum('vmap', 'auto', ['auto', 'on', 'off'],
+                    'Train the candidates together with vmap (auto: when they can be).')
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  f = flags.FLAGS
+  if not f.workdir:
+    raise app.UsageError('--workdir is required')
+  run_sweep(f.config, f.sweep, f.workdir, search=f.search, trials=f.trials,
+            sweep_seed=f.sweep_seed, vmap=f.vmap)
+
+
+if __name__ == '__main__':
+  define_flags()
+  app.run(main)
