@@ -1,18 +1,41 @@
-"""Model complexity as a table: parameters and forward FLOPs from XLA's cost analysis.
+"""Speed, memory and complexity of the models, as tables.
 
+  python -m resnet_jax.benchmark --model cifar_resnet20 [--batch 128] [--image-size 32]
+      [--dtype float32|bfloat16] [--mode train|infer] [--vs-torch] [--json]
+  python -m resnet_jax.benchmark --all --mode infer --batch 1      (every registered model)
+  python -m resnet_jax.benchmark --mode pipeline [--images DIR] [--workers N]
   python -m resnet_jax.benchmark --zoo [--models resnet50,vgg16] [--markdown]
 
-FLOPs are those XLA's cost analysis counts for the compiled forward pass at batch 1 in eval
-mode (a multiply-add counts 2), at the model's registered input size, on the current backend.
+A step row gives the parameters, the FLOPs of the compiled step (XLA's cost analysis; a
+multiply-add counts 2), its peak device memory (XLA's memory analysis: arguments + outputs +
+temporaries - donated aliases), steps/s and images/s (median of timed rounds after warm-up), and
+model-FLOPs utilisation against the matmul peak measured on the same device in the same dtype.
+`train` times the project's own `train.train_step` (SGD with momentum and weight decay, BN in
+training mode, on one device); `infer` the eval-mode forward pass.
+
+`--vs-torch` builds the torchvision/timm twin (or, for the CIFAR ResNets, `torch_peers`), with
+the same batch and precision (fp32 against fp32; bfloat16 against torch autocast bf16), channels-
+last, and times it in the same rounds, alternating with ours, so both see the same machine state.
+
+`--zoo` prints forward FLOPs at batch 1 and the registered input size for the README's table.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
+import json
+import os
 import re
+import statistics
+import tempfile
+import time
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+import optax
 
 from resnet_jax.models import count_params, create_model, list_models, model_spec
 
@@ -41,7 +64,9 @@ def forward_flops(name: str, batch: int = 1) -> float:
   x = jax.ShapeDtypeStruct((batch, spec['input_size'], spec['input_size'], spec['in_channels']),
                            jnp.float32)
   variables = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), x)
-  lowered = jax.jit(functools.partial(model.apply, train=False)).lower(variables, x)
+  # Fractional max pooling nets draw their pooling regions from the `fmp` stream, at eval too.
+  apply = functools.partial(model.apply, train=False, rngs={'fmp': jax.random.key(0)})
+  lowered = jax.jit(apply).lower(variables, x)
   cost = lowered.cost_analysis() if deep_net(name) else lowered.compile().cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost  # Older JAX: one per program.
   return float(cost['flops'])
@@ -60,6 +85,7 @@ PAPERS = [
     (r'googlenet', 'Szegedy et al. 2015'), (r'inception_v3', 'Szegedy et al. 2016'),
     (r'inception_(v4|resnet)', 'Szegedy et al. 2017'), (r'xception', 'Chollet 2017'),
     (r'mobilenet', 'Howard et al. 2017'), (r'squeezenet', 'Iandola et al. 2016'),
+    (r'^fmp', 'Graham 2014'), (r'^mlp', 'Glorot & Bengio 2010; Klambauer et al. 2017'),
 ]
 
 
@@ -100,19 +126,314 @@ def natural_key(name: str):
   return [int(t) if t.isdigit() else t for t in re.split(r'(\d+)', name)]
 
 
+# ---------------------------------------------------------------------------------------------
+# Step timing: ours, and the torch twin in the same rounds.
+
+
+def peak_matmul_flops(dtype, device=None, size: int | None = None, repeats: int = 5) -> float:
+  """FLOP/s of the best of `repeats` square matmuls in `dtype`: the MFU denominator."""
+  device = device or jax.devices()[0]
+  size = size or (1024 if device.platform == 'cpu' else 8192)
+  a = jax.device_put(jnp.ones((size, size), dtype), device)
+  matmul = jax.jit(lambda x, y: x @ y)
+  matmul(a, a).block_until_ready()
+  best = float('inf')
+  for _ in range(repeats):
+    start = time.perf_counter()
+    matmul(a, a).block_until_ready()
+    best = min(best, time.perf_counter() - start)
+  return 2 * size ** 3 / best
+
+
+@dataclasses.dataclass
+class Timed:
+  """A step to time: `run()` does one step and returns something to block on."""
+  run: Callable[[], object]
+  sync: Callable[[object], None]
+  flops: float = float('nan')
+  peak_bytes: int = 0
+
+
+def _compiled_costs(compiled) -> tuple[float, int]:
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  mem = compiled.memory_analysis()
+  peak = 0
+  if mem is not None:
+    peak = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
+            - mem.alias_size_in_bytes)
+  return float(cost.get('flops', float('nan'))), int(peak)
+
+
+def jax_step(name: str, batch: int, image_size: int, dtype: str, mode: str) -> Timed:
+  """Our train step (or eval forward) of `name` on one device, compiled, with its XLA costs."""
+  from resnet_jax import train
+  spec = model_spec(name)
+  compute = jnp.bfloat16 if dtype == 'bfloat16' else jnp.float32
+  model = create_model(name, num_classes=spec['num_classes'], dtype=compute)
+  shape = (image_size, image_size, spec['in_channels'])
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (batch, *shape), dtype=np.uint8)
+  labels = rng.integers(0, spec['num_classes'], (batch,), dtype=np.int32)
+  key = jax.random.key(0)
+  if mode == 'infer':
+    variables = jax.jit(functools.partial(train.initial_variables, model, image_shape=shape))(key)
+    x = jax.device_put(train.normalize(images, (127.5,), (127.5,), compute))
+    forward = jax.jit(functools.partial(model.apply, train=False, rngs={'fmp': key}))
+    flops, peak = _compiled_costs(forward.lower(variables, x).compile())
+    return Timed(lambda: forward(variables, x), jax.block_until_ready, flops, peak)
+  # torch.optim.SGD(lr, momentum=0.9, weight_decay=1e-4), the peer's optimizer.
+  tx = optax.chain(optax.add_decayed_weights(1e-4), optax.sgd(0.01, momentum=0.9))
+  parallel = train.DataParallel('shard_map', devices=jax.devices()[:1])
+  state = jax.jit(functools.partial(train.create_train_state, model, tx, image_shape=shape))(key)
+  step = parallel.map(functools.partial(train.train_step, mean=(127.5,), std=(127.5,),
+                                        dtype=compute), ('state', 'batch', 'const'),
+                      donate_state=True)
+  data = parallel.shard_batch({'image': images, 'label': labels})
+  flops, peak = _compiled_costs(step.lower(state, data, key).compile())
+  holder = [state]
+
+  def run():
+    holder[0], metrics = step(holder[0], data, key)
+    return metrics
+  return Timed(run, jax.block_until_ready, flops, peak)
+
+
+def torch_step(name: str, batch: int, image_size: int, dtype: str, mode: str,
+               compile_model: bool = False) -> Timed:
+  """The torch twin's training step (SGD, cross-entropy) or eval forward, channels-last."""
+  import torch
+
+  from resnet_jax.torch_peers import torch_peer
+  spec = model_spec(name)
+  device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+  model = torch_peer(name, spec['num_classes']).to(device, memory_format=torch.channels_last)
+  x = torch.randn(batch, spec['in_channels'], image_size, image_size, device=device)
+  x = x.contiguous(memory_format=torch.channels_last)
+  y = torch.randint(0, spec['num_classes'], (batch,), device=device)
+  forward = torch.compile(model) if compile_model else model
+  autocast = functools.partial(torch.autocast, device.type, dtype=torch.bfloat16,
+                               enabled=dtype == 'bfloat16')
+
+  def sync(_):
+    if device.type == 'cuda':
+      torch.cuda.synchronize()
+
+  if mode == 'infer':
+    model.eval()
+
+    def run():
+      with torch.inference_mode(), autocast():
+        return forward(x)
+    return Timed(run, sync)
+  model.train()
+  opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+
+  def run():
+    opt.zero_grad(set_to_none=True)
+    with autocast():
+      out = forward(x)
+      loss = torch.nn.functional.cross_entropy(out[0] if isinstance(out, tuple) else out, y)
+    loss.backward()
+    opt.step()
+    return loss
+  return Timed(run, sync)
+
+
+def time_alternating(steps: dict[str, Timed], steps_per_round: int, rounds: int,
+                     warmup: int) -> dict[str, float]:
+  """Median seconds per step of each entry, timed in turn within every round after warm-up."""
+  for timed in steps.values():
+    for _ in range(warmup):
+      timed.sync(timed.run())
+  samples = {k: [] for k in steps}
+  for _ in range(rounds):
+    for k, timed in steps.items():
+      start = time.perf_counter()
+      for _ in range(steps_per_round):
+        out = timed.run()
+      timed.sync(out)
+      samples[k].append((time.perf_counter() - start) / steps_per_round)
+  return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def step_row(name: str, *, batch: int, image_size: int | None, dtype: str, mode: str,
+             vs_torch: bool, torch_compile: bool, steps: int, rounds: int, warmup: int,
+             peak_flops: float) -> dict:
+  size = image_size or model_spec(name)['input_size']
+  timed = {'jax': jax_step(name, batch, size, dtype, mode)}
+  if vs_torch:
+    timed['torch'] = torch_step(name, batch, size, dtype, mode, torch_compile)
+  seconds = time_alternating(timed, steps, rounds, warmup)
+  ours = timed['jax']
+  row = {'model': name, 'mode': mode, 'batch': batch, 'image_size': size, 'dtype': dtype,
+         'params': count_params(name), 'flops_per_step': ours.flops,
+         'peak_bytes': ours.peak_bytes, 'steps_per_sec': 1 / seconds['jax'],
+         'images_per_sec': batch / seconds['jax'],
+         'mfu': ours.flops / seconds['jax'] / peak_flops, 'peak_matmul_flops': peak_flops,
+         'device': jax.devices()[0].device_kind}
+  if vs_torch:
+    row['torch_images_per_sec'] = batch / seconds['torch']
+    row['vs_torch'] = seconds['torch'] / seconds['jax']
+  return row
+
+
+def print_rows(rows: list[dict], columns: list[tuple[str, str, Callable]]) -> None:
+  cells = [[fmt(r[key]) if key in r else '' for key, _, fmt in columns] for r in rows]
+  heads = [head for _, head, _ in columns]
+  widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(heads)]
+  print('  '.join(h.rjust(w) for h, w in zip(heads, widths)))
+  for row in cells:
+    print('  '.join(v.rjust(w) for v, w in zip(row, widths)))
+
+
+STEP_COLUMNS = [
+    ('model', 'model', str), ('mode', 'mode', str), ('batch', 'batch', str),
+    ('image_size', 'size', str), ('dtype', 'dtype', str), ('params', 'params', '{:,}'.format),
+    ('flops_per_step', 'GFLOP/step', lambda v: f'{v / 1e9:.3f}'),
+    ('peak_bytes', 'peak MiB', lambda v: f'{v / 2**20:.0f}'),
+    ('steps_per_sec', 'steps/s', lambda v: f'{v:.2f}'),
+    ('images_per_sec', 'img/s', lambda v: f'{v:.0f}'),
+    ('mfu', 'MFU %', lambda v: f'{100 * v:.1f}'),
+    ('torch_images_per_sec', 'torch img/s', lambda v: f'{v:.0f}'),
+    ('vs_torch', 'x torch', lambda v: f'{v:.2f}'),
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# The host input pipeline alone.
+
+
+def synthetic_jpegs(folder: str, count: int, seed: int = 0) -> list[str]:
+  """`count` 500x375 photo-like JPEGs (quality 90): smooth colour fields with grain, about the
+  size and entropy of ImageNet training images (their mean is about 110 KB at ~400x350)."""
+  from PIL import Image
+  rng = np.random.default_rng(seed)
+  paths = []
+  for i in range(count):
+    coarse = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
+    smooth = np.asarray(Image.fromarray(coarse).resize((500, 375), Image.BICUBIC), np.float32)
+    pixels = np.clip(smooth + rng.normal(0, 12, smooth.shape), 0, 255).astype(np.uint8)
+    path = os.path.join(folder, f'{i:05d}.jpg')
+    Image.fromarray(pixels).save(path, quality=90)
+    paths.append(path)
+  return paths
+
+
+def pipeline_row(images: str, count: int, image_size: int, workers: int) -> dict:
+  """Images/s of decode + random-resized crop + flip, in this process (one core) and, with
+  `workers`, through Grain's worker processes (the training loader's own path)."""
+  import grain
+
+  from resnet_jax.data.augment import TrainAugment
+  from resnet_jax.data.sources import FolderSource
+  with tempfile.TemporaryDirectory() as tmp:
+    if images:
+      paths = sorted(os.path.join(images, f) for f in os.listdir(images)
+                     if f.lower().endswith(('.jpg', '.jpeg')))[:count]
+      if not paths:
+        raise ValueError(f'--images {images}: no .jpg/.jpeg files there')
+    else:
+      paths = synthetic_jpegs(tmp, count)
+    source = FolderSource(paths, [0] * len(paths), 'RGB')
+    augment = TrainAugment('imagenet', image_size)
+    rng = np.random.default_rng(0)
+    for i in range(min(8, len(paths))):  # Warm-up: imports, PIL's codecs, caches.
+      augment.random_map(source[i], rng)
+    start = time.perf_counter()
+    for i in range(len(paths)):
+      augment.random_map(source[i], rng)
+    one_core = len(paths) / (time.perf_counter() - start)
+    row = {'mode': 'pipeline', 'images': images or 'synthetic 500x375 q90',
+           'mean_kb': float(np.mean([os.path.getsize(p) for p in paths]) / 1024),
+           'count': len(paths), 'image_size': image_size, 'images_per_sec_per_core': one_core}
+    if workers:
+      dataset = (grain.MapDataset.source(source).seed(0).shuffle().repeat(None)
+                 .random_map(augment).batch(32))
+      it = iter(dataset.to_iter_dataset().mp_prefetch(
+          grain.MultiprocessingOptions(num_workers=workers)))
+      next(it)
+      batches = max(1, 4 * len(paths) // 32)
+      start = time.perf_counter()
+      for _ in range(batches):
+        next(it)
+      row['workers'] = workers
+      row['images_per_sec_workers'] = batches * 32 / (time.perf_counter() - start)
+  return row
+
+
+PIPELINE_COLUMNS = [
+    ('images', 'images', str), ('mean_kb', 'mean KB', lambda v: f'{v:.0f}'),
+    ('count', 'count', str), ('image_size', 'crop', str),
+    ('images_per_sec_per_core', 'img/s (1 core)', lambda v: f'{v:.0f}'),
+    ('workers', 'workers', str),
+    ('images_per_sec_workers', 'img/s (workers)', lambda v: f'{v:.0f}'),
+]
+
+
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(prog='python -m resnet_jax.benchmark', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--zoo', action='store_true', required=True,
+  parser.add_argument('--model', default='', help='comma-separated registered names')
+  parser.add_argument('--all', action='store_true', help='every registered model')
+  parser.add_argument('--batch', type=int, default=128)
+  parser.add_argument('--image-size', type=int, default=0, help="default: the model's own")
+  parser.add_argument('--dtype', choices=('float32', 'bfloat16'), default='float32')
+  parser.add_argument('--mode', choices=('train', 'infer', 'pipeline'), default='train')
+  parser.add_argument('--vs-torch', action='store_true',
+                      help='time the torchvision/timm twin alternating with ours')
+  parser.add_argument('--torch-compile', action='store_true', help='torch.compile the twin')
+  parser.add_argument('--steps', type=int, default=10, help='steps per timed round')
+  parser.add_argument('--rounds', type=int, default=5)
+  parser.add_argument('--warmup', type=int, default=3)
+  parser.add_argument('--json', action='store_true', help='one JSON object per line instead')
+  parser.add_argument('--images', default='', help='pipeline: a folder of JPEGs to read')
+  parser.add_argument('--count', type=int, default=256, help='pipeline: images to time')
+  parser.add_argument('--workers', type=int, default=0, help='pipeline: Grain worker processes')
+  parser.add_argument('--zoo', action='store_true',
                       help='parameters and forward GFLOPs of registered models')
-  parser.add_argument('--models', default='', help='comma-separated names (default: all)')
-  parser.add_argument('--markdown', action='store_true', help='print a Markdown table')
+  parser.add_argument('--models', default='', help='--zoo: comma-separated names (default: all)')
+  parser.add_argument('--markdown', action='store_true', help='--zoo: print a Markdown table')
   args = parser.parse_args(argv)
-  names = [n for n in args.models.split(',') if n] or sorted(list_models(), key=natural_key)
+
+  if args.mode == 'pipeline':
+    rows = [pipeline_row(args.images, args.count, args.image_size or 224, args.workers)]
+    return _emit(rows, PIPELINE_COLUMNS, args.json)
+  names = [n for n in (args.models if args.zoo else args.model).split(',') if n]
+  if args.all or (args.zoo and not names):
+    names = sorted(list_models(), key=natural_key)
+  if not names:
+    parser.error('name a model (--model resnet50), or pass --all, --zoo or --mode pipeline')
   unknown = sorted(set(names) - set(list_models()))
   if unknown:
-    parser.error(f'--models: unknown {unknown}; see resnet_jax.models.list_models()')
-  print_table(zoo_rows(names), args.markdown)
+    parser.error(f'unknown model {unknown}; see resnet_jax.models.list_models()')
+  if args.zoo:
+    return print_table(zoo_rows(names), args.markdown)
+  if args.vs_torch:
+    from resnet_jax.torch_peers import has_peer
+    missing = [n for n in names if not has_peer(n)]
+    if missing:
+      parser.error(f'--vs-torch: no torchvision/timm twin for {missing}')
+  peak = peak_matmul_flops(jnp.bfloat16 if args.dtype == 'bfloat16' else jnp.float32)
+  rows = []
+  for name in names:
+    rows.append(step_row(name, batch=args.batch, image_size=args.image_size, dtype=args.dtype,
+                         mode=args.mode, vs_torch=args.vs_torch,
+                         torch_compile=args.torch_compile, steps=args.steps, rounds=args.rounds,
+                         warmup=args.warmup, peak_flops=peak))
+    if args.json:
+      print(json.dumps(rows[-1]), flush=True)
+  if not args.json:
+    print(f'# {jax.devices()[0].device_kind}; matmul peak {peak / 1e12:.3f} TFLOP/s ({args.dtype})')
+    print_rows(rows, STEP_COLUMNS)
+
+
+def _emit(rows: list[dict], columns, as_json: bool) -> None:
+  if as_json:
+    for row in rows:
+      print(json.dumps(row))
+  else:
+    print_rows(rows, columns)
 
 
 if __name__ == '__main__':

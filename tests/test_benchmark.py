@@ -21,3 +21,45 @@ def test_zoo_table_prints_every_column(capsys):
   assert out[0] == '| model | input | classes | params | gflops | twin | paper |'
   assert out[3].startswith('| resnet18 | 224x224x3 | 1000 | 11,689,512 | 3.')
   assert 'torchvision resnet18' in out[3] and 'He et al. 2015' in out[3]
+
+
+@pytest.mark.parametrize('name', ['cifar_resnet20', 'plain20'])
+def test_torch_peer_of_the_cifar_nets_computes_our_function(name):
+  # The --vs-torch peer must be the same network, or the ratio compares different work.
+  import jax
+  import numpy as np
+  import torch
+  from twins import randomize_batch_norms
+
+  from resnet_jax.convert import from_torch
+  from resnet_jax.models import create_model
+  from resnet_jax.torch_peers import torch_peer
+  torch.manual_seed(0)
+  peer = randomize_batch_norms(torch_peer(name, 10)).eval()
+  x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
+  with torch.no_grad():
+    theirs = peer(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
+  variables = from_torch(name, peer.state_dict())
+  ours = np.asarray(jax.jit(lambda v, x: create_model(name, num_classes=10).apply(
+      v, x, train=False))(variables, x))
+  assert np.max(np.abs(ours - theirs)) / np.max(np.abs(theirs)) < 1e-4
+
+
+def test_step_benchmark_json_has_the_documented_keys(capsys):
+  import json
+  benchmark.main(['--model', 'lenet5', '--batch', '8', '--mode', 'train', '--json',
+                  '--steps', '1', '--rounds', '1', '--warmup', '1'])
+  row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  for key in ('model', 'batch', 'dtype', 'mode', 'images_per_sec', 'flops_per_step', 'peak_bytes'):
+    assert key in row
+  # LeNet-5 forward is 416,520 MACs per image; a training step is ~3x the forward.
+  assert 2 * 416_520 * 8 * 2 < row['flops_per_step'] < 2 * 416_520 * 8 * 5
+  assert row['peak_bytes'] > 4 * 61_706 and row['images_per_sec'] > 0 and 0 < row['mfu'] < 1
+
+
+def test_pipeline_benchmark_decodes_and_crops(capsys):
+  benchmark.main(['--mode', 'pipeline', '--count', '8', '--json'])
+  import json
+  row = json.loads(capsys.readouterr().out.strip())
+  assert row['count'] == 8 and row['image_size'] == 224 and row['images_per_sec_per_core'] > 0
+  assert 30 < row['mean_kb'] < 400  # Photo-sized JPEGs, not tiny ones.
