@@ -78,7 +78,7 @@ def deep_net(name: str) -> bool:
 
 # The paper of each family, by a pattern searched in the name (first match wins).
 PAPERS = [
-    (r'lenet', 'LeCun et al. 1998'), (r'cifar_resnet', 'He et al. 2015, Sec. 4.2'),
+    (r'^lenet', 'LeCun et al. 1998'), (r'cifar_resnet', 'He et al. 2015, Sec. 4.2'),
     (r'plain', 'He et al. 2015, Sec. 4 (plain)'), (r'preact', 'He et al. 2016'),
     (r'^resnet', 'He et al. 2015'), (r'alexnet', 'Krizhevsky et al. 2012'),
     (r'vgg', 'Simonyan & Zisserman 2015'), (r'nin$', 'Lin et al. 2014'),
