@@ -227,11 +227,7 @@ def run_vmapped(config, settings: list[dict], workdir: str) -> list[dict]:
                             ('state', 'batch', 'const', 'const'))
   states = exp.parallel.replicate(jax.device_get(states))
   d = base.dataset
-  loader = data.make_train_loader(exp.train_split, global_batch_size=base.batch_size,
-                                  seed=base.seed, augment=d.augment, image_size=d.image_size,
-                                  num_workers=d.num_workers, dataset_config=d,
-                                  preprocessing=exp.preprocessing)
-  batches = iter(loader)
+  batches = iter(train.train_loader(exp))
   start, window = time.perf_counter(), []
   try:
     for step in range(1, exp.total_steps + 1):

@@ -590,6 +590,15 @@ def check_finite(step_metrics: list[tuple[int, dict]], skip_nonfinite: bool) -> 
             'config.skip_nonfinite=true to drop such updates and count them.')
 
 
+def train_loader(exp: Experiment):
+  """The run's endless, resumable stream of training batches (data.make_train_loader)."""
+  c, d = exp.config, exp.config.dataset
+  return data.make_train_loader(exp.train_split, global_batch_size=c.batch_size, seed=c.seed,
+                                augment=d.augment, image_size=d.image_size,
+                                num_workers=d.num_workers, dataset_config=d,
+                                preprocessing=exp.preprocessing)
+
+
 def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
   """Trains `config` in `workdir`, resuming from its latest checkpoint if there is one.
 
@@ -600,12 +609,7 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None)
   """
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # Local or a bucket (gs://...).
   exp = setup(config, workdir=workdir)
-  d = config.dataset
-  loader = data.make_train_loader(exp.train_split, global_batch_size=config.batch_size,
-                                  seed=config.seed, augment=d.augment, image_size=d.image_size,
-                                  num_workers=d.num_workers, dataset_config=d,
-                                  preprocessing=exp.preprocessing)
-  batches = iter(loader)
+  batches = iter(train_loader(exp))
   checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints,
                               fallback=config.restore_fallback)
   state, start = exp.state, 0

@@ -63,3 +63,14 @@ def run_main(*args: str, timeout: float = 300, devices: int = 1) -> subprocess.C
   process = main_process(*args, devices=devices)
   _, stderr = process.communicate(timeout=timeout)
   return subprocess.CompletedProcess(process.args, process.returncode, '', stderr)
+
+
+def restack_stage1(tree: dict) -> dict:
+  """Variables of a 3-unit stage 1 laid out as ResNet(scan_blocks=True) holds them: units 1..2
+  stacked under 'stage1_scan'."""
+  import jax
+  import jax.numpy as jnp
+  tree = dict(tree)
+  units = [tree.pop(f'stage1_block{j}') for j in (1, 2)]
+  tree['stage1_scan'] = {'unit': jax.tree_util.tree_map(lambda *a: jnp.stack(a), *units)}
+  return tree

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import restack_stage1
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -80,13 +81,7 @@ def test_scan_blocks_same_count_and_same_function():
   net, scan_net = ResNet(**kwargs), ResNet(**kwargs, scan_blocks=True)
   unrolled = net.init(RNGS, x, train=False)
 
-  def restack(tree):
-    tree = dict(tree)
-    units = [tree.pop(f'stage1_block{j}') for j in (1, 2)]
-    tree['stage1_scan'] = {'unit': jax.tree_util.tree_map(lambda *a: jnp.stack(a), *units)}
-    return tree
-
-  scanned = {k: restack(v) for k, v in unrolled.items()}
+  scanned = {k: restack_stage1(v) for k, v in unrolled.items()}
   assert (jax.tree_util.tree_structure(scanned)
           == jax.tree_util.tree_structure(_abstract_init(scan_net, x)))
   want, want_state = net.apply(unrolled, x, train=True, mutable=['batch_stats'])
@@ -94,7 +89,7 @@ def test_scan_blocks_same_count_and_same_function():
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
   jax.tree_util.tree_map(
       functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-6),
-      got_state['batch_stats'], restack(want_state['batch_stats']))
+      got_state['batch_stats'], restack_stage1(want_state['batch_stats']))
   np.testing.assert_allclose(
       scan_net.apply(scanned, x, train=False), net.apply(unrolled, x, train=False),
       rtol=1e-5, atol=1e-5)

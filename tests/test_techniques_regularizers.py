@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import restack_stage1
 
 from resnet_jax.models import create_model, layers
 from resnet_jax.models.resnet import ResNet
@@ -184,13 +185,7 @@ def test_scan_blocks_same_as_unrolled_for_every_unit(block, preact):
   net, scan_net = ResNet(**kwargs), ResNet(**kwargs, scan_blocks=True)
   unrolled = jax.jit(functools.partial(net.init, train=False))({'params': _key(0)}, x)
 
-  def restack(tree):
-    tree = dict(tree)
-    units = [tree.pop(f'stage1_block{j}') for j in (1, 2)]
-    tree['stage1_scan'] = {'unit': jax.tree_util.tree_map(lambda *a: jnp.stack(a), *units)}
-    return tree
-
-  scanned = {k: restack(v) for k, v in unrolled.items()}
+  scanned = {k: restack_stage1(v) for k, v in unrolled.items()}
 
   def run(model, variables, key):  # (train output, test output), one compile
     train, _ = model.apply(variables, x, train=True, rngs={'drop_path': key},
