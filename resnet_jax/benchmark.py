@@ -348,6 +348,9 @@ def pipeline_row(images: str, count: int, image_size: int, workers: int) -> dict
            'mean_kb': float(np.mean([os.path.getsize(p) for p in paths]) / 1024),
            'count': len(paths), 'image_size': image_size, 'images_per_sec_per_core': one_core}
     if workers:
+      from absl import flags
+      if not flags.FLAGS.is_parsed():  # Grain's workers read its absl flags (their defaults).
+        flags.FLAGS.mark_as_parsed()
       dataset = (grain.MapDataset.source(source).seed(0).shuffle().repeat(None)
                  .random_map(augment).batch(32))
       it = iter(dataset.to_iter_dataset().mp_prefetch(

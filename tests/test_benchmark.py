@@ -58,8 +58,9 @@ def test_step_benchmark_json_has_the_documented_keys(capsys):
 
 
 def test_pipeline_benchmark_decodes_and_crops(capsys):
-  benchmark.main(['--mode', 'pipeline', '--count', '8', '--json'])
+  benchmark.main(['--mode', 'pipeline', '--count', '8', '--workers', '1', '--json'])
   import json
   row = json.loads(capsys.readouterr().out.strip())
   assert row['count'] == 8 and row['image_size'] == 224 and row['images_per_sec_per_core'] > 0
   assert 30 < row['mean_kb'] < 400  # Photo-sized JPEGs, not tiny ones.
+  assert row['workers'] == 1 and row['images_per_sec_workers'] > 0
