@@ -74,7 +74,8 @@ def plot(rows: list[dict], config, path: str) -> None:
                 'o-', color='tab:red', markersize=2)
     ax.tick_params(labelsize=5, which='both')
     ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    ax.set_title('weight grad norm', fontsize=6)
+    ax.set_title(f'grad norm {layers[0]["grad_norm"]:.1e}..{layers[-1]["grad_norm"]:.1e}',
+                 fontsize=5)
     axes[r, 0].set_ylabel(f'{act}\n{init}', fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
