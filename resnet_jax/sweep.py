@@ -187,8 +187,8 @@ def run_vmapped(config, settings: list[dict], workdir: str) -> list[dict]:
     raise NotVmappable(f'{base.model.name} has {params:,} parameters (> {VMAP_MAX_PARAMS:,})')
   hp = {f: jnp.asarray([s[f] for s in settings]) for f in fields}
   base_state = jax.device_get(exp.parallel.unreplicate(exp.state))
-  image_shape = jax.tree.leaves(exp.eval_split.records[0]['image'])[0].shape
-  image_shape = (base.dataset.image_size, base.dataset.image_size, image_shape[-1])
+  channels = exp.eval_split.records[0]['image'].shape[-1]
+  image_shape = (base.dataset.image_size, base.dataset.image_size, channels)
   plain = base.to_dict()
 
   def candidate_config(values):

@@ -147,16 +147,12 @@ def create_train_state(model, tx: optax.GradientTransformation, rng: jax.Array,
 
 def normalize(images: jax.Array, mean, std, dtype) -> jax.Array:
   """uint8 images -> (x - mean) / std per channel, in the computation dtype, on device."""
-  mean = jnp.asarray(mean, jnp.float32)
-  std = jnp.asarray(std, jnp.float32)
-  return ((images.astype(jnp.float32) - mean) / std).astype(dtype)
+  return data.preprocess.apply({'mean': mean, 'std': std}, images, dtype)
 
 
 def preprocess_images(images: jax.Array, pre: dict | None, mean, std, dtype) -> jax.Array:
   """The fitted preprocessing `pre` when given (data.preprocess.apply), else mean/std."""
-  if pre is not None:
-    return data.preprocess.apply(pre, images, dtype)
-  return normalize(images, mean, std, dtype)
+  return data.preprocess.apply({'mean': mean, 'std': std} if pre is None else pre, images, dtype)
 
 
 def cross_replica_mean(tree):
