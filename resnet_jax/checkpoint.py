@@ -69,16 +69,18 @@ class Checkpointer:
     return os.path.join(str(self.manager.directory), str(step))
 
   def save(self, step: int, state: Any, data_iterator, metrics: dict | None = None) -> None:
-    """Saves `state` (host-local or fully replicated arrays) and the iterator position."""
+    """Saves `state` (host-local or fully replicated arrays) and the iterator position (None:
+    no iterator, for data whose order is a function of the step: data.on_device)."""
     tree = serialization.to_state_dict(state)
     if not bool(_all_finite(tree)):
       raise FloatingPointError(f'refusing to checkpoint step {step}: the train state holds NaN or '
                                'Inf (try a lower config.schedule.base_lr); the last good '
                                'checkpoint is kept')
+    items = {'state': ocp.args.StandardSave(tree)}
+    if data_iterator is not None:
+      items['data'] = grain.checkpoint.CheckpointSave(data_iterator)
     with self._explain_disk_full(step):
-      self.manager.save(step, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(tree), data=grain.checkpoint.CheckpointSave(data_iterator)),
-          metrics=metrics)
+      self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics)
 
   def restore(self, state: Any, data_iterator=None) -> tuple[Any, int]:
     """(the newest readable saved state, shaped and sharded like `state`; its step).
@@ -91,12 +93,17 @@ class Checkpointer:
     steps = sorted(self.manager.all_steps(), reverse=True)
     for i, step in enumerate(steps):
       try:
-        saved = self.manager.item_metadata(step)['state']
+        items = self.manager.item_metadata(step)
+        saved = items['state']
       except Exception as e:  # Orbax raises many kinds for a damaged directory.
         error = e
       else:
         _check_same_structure(target, saved, self.path(step))
         args = {'state': ocp.args.StandardRestore(target)}
+        if data_iterator is not None and 'data' not in items.keys():
+          raise ValueError(f'checkpoint {self.path(step)} holds no data iterator: it was written '
+                           'with the split on device; resume with '
+                           "config.dataset.on_device='always' (or 'auto', as it was written)")
         if data_iterator is not None:
           args['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
         try:

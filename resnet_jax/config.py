@@ -81,6 +81,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.dataset.fit_examples = 10000  # Training examples (a fixed subset) the statistics come from.
   c.dataset.num_workers = 0  # Grain worker processes for decoding and augmentation.
   c.dataset.skip_corrupt = False  # Image folders: check every file first, drop and count bad ones.
+  # 'auto' | 'always' | 'never': the whole training split in device memory, shuffled and
+  # augmented there (data/on_device.py); auto: when it fits and every augment op runs on device.
+  c.dataset.on_device = 'auto'
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = 'sgd'  # 'sgd' | 'adam' | 'adamw' | 'rmsprop' | 'lars' | 'lamb'
@@ -96,6 +99,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.optimizer.rms_decay = 0.9  # RMSprop's rho (Tieleman & Hinton 2012, lecture 6e).
   c.optimizer.trust_coefficient = 0.001  # LARS's eta (You et al. 2017, Sec. 3).
   c.optimizer.clip_norm = 0.0  # Clip the gradient's global norm; 0 = off (Pascanu et al. 2013).
+  # Comma-separated 'REGEX=FACTOR' (same patterns as config.freeze, first match wins): scales
+  # those parameters' learning rate, as torch param groups; e.g. 'backbone=0.1' or 'head=10'.
+  c.optimizer.lr_multipliers = ''
 
   c.schedule = ml_collections.ConfigDict()
   # 'constant' | 'step' | 'multistep' | 'exponential' | 'cosine' | 'cosine_restarts' | 'onecycle'
@@ -117,8 +123,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3
   c.log_every_steps = 50
+  # Most steps per host call with the split on device (one lax.scan; a call also stops at each
+  # log, eval and checkpoint step); 0: 128, or 1 on CPU (XLA:CPU is slow on convs inside loops).
+  c.steps_per_call = 0
   c.eval_every_epochs = 1.0
   c.init_from = ''  # A converted (resnet_jax.convert) or trained checkpoint to start from.
+  # Comma-separated regular expressions over parameter paths ('stage0_block0/conv1/kernel'), or
+  # 'backbone' (all but the classifier head) / 'head': no update, no decay, BatchNorm statistics
+  # kept as loaded (optim.param_groups, optim.frozen_batch_norm).
+  c.freeze = ''
   c.restore_fallback = False  # Latest checkpoint unreadable: resume from the newest good one.
   c.skip_nonfinite = False  # Drop (and count) updates whose loss or gradient is NaN/Inf.
   c.lock()
@@ -136,6 +149,9 @@ def check_config(config) -> None:
       raise ValueError(f'config.{field} must be >= 1, got {config[field]}')
   if config.num_epochs <= 0:
     raise ValueError(f'config.num_epochs must be > 0, got {config.num_epochs}')
+  if config.steps_per_call < 0:
+    raise ValueError(f'config.steps_per_call must be >= 0 (0 = the platform default), got '
+                     f'{config.steps_per_call}')
   if config.grad_accum_steps < 1:
     raise ValueError(f'config.grad_accum_steps must be >= 1, got {config.grad_accum_steps}')
   if not 0 <= config.ema_decay < 1:
@@ -159,6 +175,10 @@ def check_config(config) -> None:
     raise ValueError('config.dataset.mean and config.dataset.std need the same number of values, '
                      f'got {config.dataset.mean} and {config.dataset.std}')
   check_dataset_augment_and_preprocess(config.dataset)
+  from resnet_jax.optim import parse_param_groups
+  parse_param_groups(config)  # config.freeze and optimizer.lr_multipliers: their syntax.
+  from resnet_jax.data.on_device import check_on_device
+  check_on_device(config.dataset)
 
 
 def check_dataset_augment_and_preprocess(d) -> None:
@@ -181,3 +201,4 @@ def check_dataset_augment_and_preprocess(d) -> None:
       raise ValueError(f'config.dataset.{field} must be >= 0, got {d[field]}')
   if d.cutout_size < 1:
     raise ValueError(f'config.dataset.cutout_size must be >= 1, got {d.cutout_size}')
+

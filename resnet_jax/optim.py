@@ -15,9 +15,19 @@ so the decay styles differ only in where `weight_decay * w` enters (`decay_style
   the scheduled rate lr_t, not by the schedule multiplier eta_t alone: the paper's lambda is our
   weight_decay times base_lr.
 BatchNorm scales/offsets and biases get no decay and no LARS/LAMB adaptation (`decay_mask`).
+
+Parameter groups (`config.freeze`, `optimizer.lr_multipliers`; `param_groups`): the chain above then
+runs only on the trained parameters and its final update is multiplied by each parameter's factor,
+as a torch param group's `lr`; frozen parameters get no update, no decay and no optimizer state.
 """
 from __future__ import annotations
 
+import contextlib
+import re
+from collections.abc import Mapping
+from typing import Callable
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -190,6 +200,9 @@ def create_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformati
     ||w|| / ||update||.
   `optimizer.clip_norm` > 0 first rescales the averaged gradient to at most that global norm
   (Pascanu et al. 2013, Sec. 3.2, Alg. 1), before any decay is added.
+  With parameter groups (`param_groups`), an optax.partition: 'trained' runs this chain (the clip
+  over the trained parameters only, as torch sees no gradient of a frozen one) and then scales
+  each update by its factor; 'frozen' (factor 0) is optax.set_to_zero.
   """
   o = config.optimizer
   style = decay_style(config)
@@ -218,4 +231,149 @@ def create_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformati
   parts.append(optax.scale_by_learning_rate(learning_rate_schedule(config, steps_per_epoch)))
   if name == 'lars' and o.momentum:
     parts.append(optax.trace(decay=o.momentum, nesterov=o.nesterov))
-  return optax.chain(*parts)
+  _, factor = param_groups(config)
+  if factor is None:
+    return optax.chain(*parts)
+  parts.append(scale_by_lr_factor(factor))
+  label = lambda tree: jax.tree_util.tree_map_with_path(
+      lambda k, _: 'frozen' if factor(param_path(k)) == 0 else 'trained', tree)
+  return optax.partition({'trained': optax.chain(*parts), 'frozen': optax.set_to_zero()}, label)
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameter groups: config.freeze and optimizer.lr_multipliers.
+
+# Whole entries of either field that stand for a part of any model (`param_groups`).
+SHORTHANDS = ('backbone', 'head')
+
+
+def param_path(key_path) -> str:
+  """A parameter's '/'-joined flax names ('stage0_block0/conv1/kernel'): what the patterns of
+  config.freeze and optimizer.lr_multipliers are searched in."""
+  return jax.tree_util.keystr(key_path, simple=True, separator='/')
+
+
+def parse_param_groups(config) -> tuple[list[str], list[tuple[str, float]]]:
+  """config.freeze -> its patterns; optimizer.lr_multipliers -> (pattern, factor) pairs.
+
+  Both are comma-separated; a pattern is a Python regular expression (re.search) or a SHORTHAND.
+  """
+  freeze = [p.strip() for p in config.freeze.split(',') if p.strip()]
+  multipliers = []
+  for entry in (e.strip() for e in config.optimizer.lr_multipliers.split(',') if e.strip()):
+    pattern, _, value = entry.rpartition('=')
+    try:
+      factor = float(value)
+    except ValueError:
+      factor = None
+    if not pattern.strip() or factor is None or not 0 <= factor < float('inf'):
+      raise ValueError(f"config.optimizer.lr_multipliers entry '{entry}' is not REGEX=FACTOR with "
+                       "a factor >= 0 (e.g. 'head=10' or 'backbone=0.1,stage2=0.5')")
+    multipliers.append((pattern.strip(), factor))
+  for field, patterns in (('config.freeze', freeze),
+                          ('config.optimizer.lr_multipliers', [p for p, _ in multipliers])):
+    for pattern in patterns:
+      try:
+        re.compile(pattern)
+      except re.error as e:
+        raise ValueError(f"{field}: '{pattern}' is not a valid regular expression ({e}); give "
+                         f'Python regular expressions over parameter paths or one of '
+                         f'{SHORTHANDS}') from None
+  return freeze, multipliers
+
+
+def model_param_paths(config) -> list[str]:
+  """The parameter paths of config's model in the order model.init creates them: flax creates a
+  module's parameters at its first call, so the classifier head comes last. From an abstract
+  init (no computation) at the model's registered input size."""
+  from resnet_jax import train  # Here, not at the top: train imports this module.
+  from resnet_jax.models import model_spec
+  spec = model_spec(config.model.name)
+  model = train.build_model(config, spec['num_classes'])
+  shape = (spec['input_size'], spec['input_size'], spec['in_channels'])
+  paths = []
+
+  def walk(tree, prefix):  # Dicts in insertion order, not jax's sorted one.
+    for name, sub in tree.items():
+      if isinstance(sub, Mapping):
+        walk(sub, f'{prefix}{name}/')
+      else:
+        paths.append(f'{prefix}{name}')
+
+  jax.eval_shape(lambda rng: walk(train.initial_variables(model, rng, shape)['params'], ''),
+                 jax.random.PRNGKey(0))
+  return paths
+
+
+def param_groups(config) -> tuple[list[str], Callable[[str], float] | None]:
+  """config's model's parameter paths (`model_param_paths`) and the learning-rate factor of a
+  path: 0 when a config.freeze pattern matches it, else that of the first optimizer.lr_multipliers
+  entry that matches, else 1 (None when both fields are empty).
+
+  'head' is the classifier head: the module whose parameters are created last (`head/` in
+  ResNet, `output/` in LeNet-5, `classifier.6/` in VGG); 'backbone' is every other parameter.
+  A pattern that matches no parameter is an error naming it.
+  """
+  freeze, multipliers = parse_param_groups(config)
+  paths = model_param_paths(config) if freeze or multipliers else []
+  if not paths:
+    return paths, None
+  head = paths[-1].rpartition('/')[0]
+  meaning = {'head': f'^{re.escape(head)}/', 'backbone': f'^(?!{re.escape(head)}/)'}
+  rules = ([('config.freeze', p, 0.0) for p in freeze]
+           + [('config.optimizer.lr_multipliers', p, f) for p, f in multipliers])
+  rules = [(field, pattern, re.compile(meaning.get(pattern, pattern)), factor)
+           for field, pattern, factor in rules]
+  for field, pattern, regex, _ in rules:
+    if not any(regex.search(p) for p in paths):
+      examples = ', '.join(paths[:3] + ['...'] + paths[-3:])
+      raise ValueError(
+          f"{field}: '{pattern}' matches no parameter of {config.model.name}, whose "
+          f'{len(paths)} parameter paths are {examples} (patterns are regular expressions '
+          f"searched in these paths, or 'backbone' / 'head': all but / only {head})")
+
+  def factor(path: str) -> float:
+    return next((f for _, _, regex, f in rules if regex.search(path)), 1.0)
+
+  if all(factor(p) == 0 for p in paths):
+    raise ValueError(f'config.freeze {config.freeze!r} and config.optimizer.lr_multipliers '
+                     f'{config.optimizer.lr_multipliers!r} leave no parameter to train')
+  return paths, factor
+
+
+def scale_by_lr_factor(factor: Callable[[str], float]) -> optax.GradientTransformation:
+  """Multiplies each parameter's update by `factor(path)`: per-group learning rates."""
+
+  def update(updates, state, params=None):
+    del params
+    scale = lambda k, u: u if factor(param_path(k)) == 1 else u * factor(param_path(k))
+    return jax.tree_util.tree_map_with_path(scale, updates), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def frozen_modules(config) -> frozenset[str]:
+  """The module paths ('stage0_block0/bn1') whose every parameter is frozen (factor 0)."""
+  paths, factor = param_groups(config)
+  if factor is None:
+    return frozenset()
+  trained = {p.rpartition('/')[0] for p in paths if factor(p) != 0}
+  return frozenset(p.rpartition('/')[0] for p in paths) - trained
+
+
+def frozen_batch_norm(modules: frozenset[str]):
+  """A context in which the BatchNorm layers at `modules` (`frozen_modules`) normalise with their
+  running statistics, which so stay as loaded: a frozen layer, as torch's `.eval()` on a frozen
+  backbone (else training would normalise with batch statistics the evaluation never sees)."""
+  if not modules:
+    return contextlib.nullcontext()
+
+  def intercept(next_fun, args, kwargs, context):
+    module = context.module
+    if (context.method_name == '__call__' and isinstance(module, nn.BatchNorm)
+        and not module.use_running_average and '/'.join(module.path) in modules):
+      # The same layer in inference mode, on the same variables (its scope).
+      return module.clone(use_running_average=True, parent=module.scope)(*args, **kwargs)
+    return next_fun(*args, **kwargs)
+
+  return nn.intercept_methods(intercept)

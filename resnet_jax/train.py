@@ -30,6 +30,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from resnet_jax import data, optim
 from resnet_jax.checkpoint import Checkpointer
 from resnet_jax.config import check_config
+from resnet_jax.data import on_device
 from resnet_jax.models import create_model, model_spec
 
 AXIS = 'batch'
@@ -54,9 +55,10 @@ class TrainState(train_state.TrainState):
 class DataParallel:
   """How per-device functions are mapped over devices, and where their inputs live.
 
-  Arguments come in three kinds: 'state' (the same on every device: a replicated global array
-  under shard_map, a stacked [device, ...] array under pmap), 'batch' (split over devices along
-  the leading axis) and 'const' (a small value every device sees whole, such as a PRNG key).
+  Arguments come in four kinds: 'state' (the same on every device: a replicated global array
+  under shard_map, a stacked [device, ...] array under pmap), 'data' (laid out as 'state' but
+  never donated: a dataset kept on the devices), 'batch' (split over devices along the leading
+  axis) and 'const' (a small value every device sees whole, such as a PRNG key).
   `devices` defaults to every device of every host.
   """
   mode: str
@@ -226,7 +228,8 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, pre: dict | None 
                dtype, mean=None, std=None, label_smoothing: float = 0.0,
                skip_nonfinite: bool = False, aux_weight: float = 0.0, grad_accum_steps: int = 1,
                ema_decay: float = 0.0, loss_weight_decay: float = 0.0, mixup_alpha: float = 0.0,
-               cutmix_alpha: float = 0.0, mix_prob: float = 1.0, mix_switch_prob: float = 0.5):
+               cutmix_alpha: float = 0.0, mix_prob: float = 1.0, mix_switch_prob: float = 0.5,
+               frozen_modules: frozenset[str] = frozenset()):
   """One optimizer update on this device's slice of the global batch (call it under
   DataParallel.map).
 
@@ -245,6 +248,8 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, pre: dict | None 
     `decay_loss` reports it, `loss` stays the data loss.
   - `ema_decay` > 0: after the update, ema = decay * ema + (1 - decay) * new, for the params and
     the BN statistics.
+  - `frozen_modules` (optim.frozen_modules): their BatchNorm layers run on, and keep, their
+    running statistics (optim.frozen_batch_norm).
   """
   # Randomness tree: run key -> step -> device -> purpose (GUIDE: fold_in(root, step)).
   key = jax.random.fold_in(jax.random.fold_in(key, state.step), lax.axis_index(AXIS))
@@ -262,9 +267,10 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, pre: dict | None 
   images = images.astype(dtype)
 
   def loss_fn(params, batch_stats, x, y, y_partner, rngs):
-    outputs, updates = state.apply_fn(
-        {'params': params, 'batch_stats': batch_stats}, x, train=True,
-        mutable=['batch_stats'], rngs=rngs)
+    with optim.frozen_batch_norm(frozen_modules):
+      outputs, updates = state.apply_fn(
+          {'params': params, 'batch_stats': batch_stats}, x, train=True,
+          mutable=['batch_stats'], rngs=rngs)
     logits, *aux = outputs if isinstance(outputs, tuple) else (outputs,)
     targets = soft_targets(y, logits.shape[-1], label_smoothing, y_partner, lam)
     loss = optax.softmax_cross_entropy(logits.astype(jnp.float32), targets).mean()
@@ -363,6 +369,7 @@ class Experiment:
   eval_key: Any = None  # The fixed 'fmp' key of every evaluation (eval_step).
   preprocessing: Any = None  # data.Preprocessing, fitted on the training split or loaded.
   pre_arrays: Any = None  # Its arrays, on the devices: the 'pre' argument of both steps.
+  train_step_fn: Callable | None = None  # The per-device step p_train_step maps (on_device's too).
 
 
 def train_step_options(config, model) -> dict:
@@ -372,7 +379,8 @@ def train_step_options(config, model) -> dict:
               grad_accum_steps=config.grad_accum_steps, ema_decay=config.ema_decay,
               loss_weight_decay=optim.loss_weight_decay(config), mixup_alpha=config.mixup_alpha,
               cutmix_alpha=config.cutmix_alpha, mix_prob=config.mix_prob,
-              mix_switch_prob=config.mix_switch_prob)
+              mix_switch_prob=config.mix_switch_prob,
+              frozen_modules=optim.frozen_modules(config))
 
 
 def setup(config, *, train: bool = True, workdir: str | None = None) -> Experiment:
@@ -430,13 +438,13 @@ def setup(config, *, train: bool = True, workdir: str | None = None) -> Experime
   pre_arrays = jax.tree.map(np.asarray, preprocessing.arrays())
   if parallel.mode == 'shard_map':  # Placed once; pmap broadcasts a 'const' on every call.
     pre_arrays = parallel.replicate(pre_arrays)
-  p_train = parallel.map(functools.partial(train_step, **train_step_options(config, model), **norm),
-                         ('state', 'batch', 'const', 'const'), donate_state=True)
+  step_fn = functools.partial(train_step, **train_step_options(config, model), **norm)
+  p_train = parallel.map(step_fn, ('state', 'batch', 'const', 'const'), donate_state=True)
   p_eval = parallel.map(functools.partial(eval_step, ema=config.ema_decay > 0, **norm),
                         ('state', 'batch', 'const', 'const'))
   return Experiment(config, parallel, model, train_split, eval_split, steps_per_epoch,
                     total_steps, p_train, p_eval, state, eval_key=jax.random.fold_in(root, 2),
-                    preprocessing=preprocessing, pre_arrays=pre_arrays)
+                    preprocessing=preprocessing, pre_arrays=pre_arrays, train_step_fn=step_fn)
 
 
 def with_pretrained(state: TrainState, path: str) -> TrainState:
@@ -518,23 +526,42 @@ def restore_checkpoint(checkpointer: Checkpointer, state, data_iterator=None):
 
 
 class MetricWriter:
-  """TensorBoard event files (tensorboardX: no TensorFlow needed), written by process 0 only."""
+  """TensorBoard event files (tensorboardX: no TensorFlow needed), written by process 0 only,
+  and, for a local workdir, the same scalars as `metrics.jsonl` lines ({"step": ..., name: value})
+  that scripts read without TensorBoard. A resumed run appends: the last line of a step wins."""
 
   def __init__(self, workdir: str):
-    self.writer = None
+    self.writer = self.lines = None
     if jax.process_index() == 0:
       from tensorboardX import SummaryWriter
       self.writer = SummaryWriter(logdir=workdir)
+      if '://' not in workdir:  # Buckets cannot be appended to; TensorBoard has it all there.
+        self.lines = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
 
   def write(self, step: int, scalars: dict[str, float]) -> None:
     if self.writer:
       for name, value in scalars.items():
         self.writer.add_scalar(name, value, step)
       self.writer.flush()
+    if self.lines:
+      self.lines.write(json.dumps({'step': step, **scalars}) + '\n')
+      self.lines.flush()
 
   def close(self) -> None:
     if self.writer:
       self.writer.close()
+    if self.lines:
+      self.lines.close()
+
+
+def read_metrics(workdir: str) -> dict[int, dict[str, float]]:
+  """`metrics.jsonl` as {step: scalars}, a step written twice (resumed runs) keeping the last."""
+  steps: dict[int, dict[str, float]] = {}
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    for line in f:
+      record = json.loads(line)
+      steps.setdefault(record.pop('step'), {}).update(record)
+  return dict(sorted(steps.items()))
 
 
 def write_results(workdir: str, results: dict) -> None:
@@ -595,6 +622,29 @@ def train_loader(exp: Experiment):
                                 preprocessing=exp.preprocessing)
 
 
+def device_data(exp: Experiment, max_steps: int) -> on_device.DeviceData:
+  """The run's training split on the devices, shuffled and augmented there (data.on_device),
+  up to `max_steps` steps per call."""
+  c, d = exp.config, exp.config.dataset
+  image_shape = (d.image_size, d.image_size, exp.train_split.records[0]['image'].shape[-1])
+  augment = on_device.DeviceAugment(d.augment, data.augment.AugmentOptions.from_config(d),
+                                    exp.preprocessing.lighting,
+                                    exp.preprocessing.zero_image(image_shape))
+  # Keys of the root: 0 initialisation, 1 training steps, 2 evaluation, 3 data order.
+  key = jax.random.fold_in(jax.random.PRNGKey(c.seed), 3)
+  return on_device.DeviceData(exp.parallel, exp.train_step_fn,
+                              on_device.load_arrays(exp.train_split, d), augment, key,
+                              batch_size=c.batch_size, steps_per_epoch=exp.steps_per_epoch,
+                              max_steps=max_steps)
+
+
+def split_by_step(steps: range, metrics: dict) -> list[tuple[int, dict]]:
+  """(step, metrics) for each step of one call: a step's scalars, or a chunk's stacked metrics."""
+  if np.ndim(metrics['loss']) == 0:
+    return [(steps[0], metrics)]
+  return [(s, jax.tree.map(lambda x, i=i: x[i], metrics)) for i, s in enumerate(steps)]
+
+
 def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
   """Trains `config` in `workdir`, resuming from its latest checkpoint if there is one.
 
@@ -602,10 +652,19 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None)
   checkpoint every `checkpoint_every_steps`, at every evaluation and at the end, and writes
   `results.json`. On SIGTERM, or at `stop_at_step`, it saves a checkpoint and returns early
   (`{'step': ..., 'preempted': True}`); the next call resumes exactly there.
+
+  With the split on the devices (`config.dataset.on_device`), one call runs several steps (up to
+  the next log, eval or checkpoint step; a SIGTERM is noticed at the end of a call), and the
+  checkpoints hold no data iterator: the data order is a function of (seed, step).
   """
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # Local or a bucket (gs://...).
   exp = setup(config, workdir=workdir)
-  batches = iter(train_loader(exp))
+  eval_every = max(1, int(round(config.eval_every_epochs * exp.steps_per_epoch)))
+  steps_per_call = on_device.resolve_steps_per_call(config, eval_every,
+                                                    exp.parallel.devices[0].platform)
+  use_device, why = on_device.choose(config.dataset, exp.train_split, exp.parallel.local_devices)
+  feed = device_data(exp, steps_per_call) if use_device else None
+  batches = None if use_device else iter(train_loader(exp))
   checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints,
                               fallback=config.restore_fallback)
   state, start = exp.state, 0
@@ -618,18 +677,28 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None)
   train_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
   schedule = optim.learning_rate_schedule(config, exp.steps_per_epoch)
   end = exp.total_steps if stop_at_step is None else min(stop_at_step, exp.total_steps)
-  eval_every = max(1, int(round(config.eval_every_epochs * exp.steps_per_epoch)))
   logging.info('Training %s on %s: %d examples, %d steps of %d (%d per epoch) on %d devices (%s).',
                config.model.name, exp.train_split.name, len(exp.train_split), exp.total_steps,
                config.batch_size, exp.steps_per_epoch, jax.device_count(), config.parallelism)
+  boundaries = (config.log_every_steps, config.checkpoint_every_steps, eval_every)
+  path = (f'on device, up to {steps_per_call} steps per call' if use_device
+          else 'host pipeline (Grain), one step per call')
+  logging.info('Training data: %s, because %s.', path, why)
 
   pending, window, last_eval, step = [], [], None, start
   timer_start, timer_step = time.perf_counter(), start
   try:
-    for step in range(start + 1, end + 1):
-      batch = exp.parallel.shard_batch(next(batches))
-      state, metrics = exp.p_train_step(state, batch, train_key, exp.pre_arrays)
-      pending.append((step, metrics))
+    while step < end:
+      if feed is None:  # One batch from the host pipeline, one step.
+        batch = exp.parallel.shard_batch(next(batches))
+        state, metrics = exp.p_train_step(state, batch, train_key, exp.pre_arrays)
+        steps = 1
+      else:  # Several steps in one call, never past the next log, eval or checkpoint step.
+        boundary = min(end, *(step // every * every + every for every in boundaries))
+        steps = min(steps_per_call, boundary - step)
+        state, metrics = feed.train(state, steps, train_key, exp.pre_arrays)
+      pending.append((range(step + 1, step + steps + 1), metrics))
+      step += steps
       preempted = preemption.reached(step)
       log_now = step % config.log_every_steps == 0 or step == end
       eval_now = step % eval_every == 0 or step == exp.total_steps
@@ -638,8 +707,10 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None)
         continue
       # Fetch this interval's metrics (one host sync), and refuse to go on with a bad step.
       fetched = jax.device_get(exp.parallel.unreplicate([m for _, m in pending]))
-      check_finite([(s, m) for (s, _), m in zip(pending, fetched)], config.skip_nonfinite)
-      window += fetched
+      step_metrics = [pair for (call_steps, _), m in zip(pending, fetched)
+                      for pair in split_by_step(call_steps, m)]
+      check_finite(step_metrics, config.skip_nonfinite)
+      window += [m for _, m in step_metrics]
       pending = []
       if log_now:
         means = {k: float(np.mean([m[k] for m in window])) for k in ('loss', 'accuracy')}

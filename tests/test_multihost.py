@@ -12,7 +12,8 @@ from resnet_jax import checkpoint
 
 RUN = ('--config.model.name=cifar_resnet20', '--config.dataset.image_size=16',
        '--config.dataset.augment=cifar', '--config.num_epochs=0.5',
-       '--config.checkpoint_every_steps=4', '--config.log_every_steps=2')
+       '--config.checkpoint_every_steps=4', '--config.log_every_steps=2',
+       '--config.dataset.on_device=never')  # The host pipeline: one iterator state per process.
 
 
 def free_port() -> int:
