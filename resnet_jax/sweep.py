@@ -162,29 +162,26 @@ class NotVmappable(Exception):
   """The candidates cannot share one vmapped program (the reason is the message)."""
 
 
-def run_vmapped(config, settings: list[dict], workdir: str) -> list[dict]:
-  """All candidates in one program: stacked train states, one vmapped step, the same batches.
+def vmapped_training(exp, base, settings: list[dict], *, batch_axis: int | None = None):
+  """The pieces of training `settings` together: (states, keys, hp, p_step).
 
-  The swept fields enter the step as traced numbers: the optimizer and the step's options are
-  rebuilt from them inside the vmapped function, so any field used arithmetically (learning
-  rate, weight decay, label smoothing, the seed of the initialisation and of the on-device
-  randomness) can differ. The batch order is the base config's, shared by all candidates.
+  `exp` is train.setup(base), `base` the config with the first candidate's values. The swept
+  fields enter the step as traced numbers `hp`: the optimizer and the step's options are rebuilt
+  from them inside the vmapped function, so any field used arithmetically (learning rate, weight
+  decay, label smoothing, the seed of the initialisation and of the on-device randomness) can
+  differ. `states` are the stacked initial train states (in the parallel layout), `keys` each
+  candidate's train key (as train_and_evaluate folds it from its seed), and
+  `p_step(states, hp, batch, keys, pre) -> (states, metrics)` one update of them all. With
+  `batch_axis` None every candidate trains on the same batch; with 1, candidate i on
+  batch[:, i] (its own data stream, stacked on axis 1).
   """
   import jax
   import jax.numpy as jnp
   import ml_collections
 
-  from resnet_jax import data, optim, train
-  from resnet_jax.models import count_params
+  from resnet_jax import optim, train
 
   fields = sorted(settings[0])
-  base = with_overrides(config, settings[0])
-  if base.init_from:
-    raise NotVmappable('config.init_from is set')
-  exp = train.setup(base, workdir=workdir)
-  params = count_params(base.model.name, exp.eval_split.num_classes)
-  if params > VMAP_MAX_PARAMS:
-    raise NotVmappable(f'{base.model.name} has {params:,} parameters (> {VMAP_MAX_PARAMS:,})')
   hp = {f: jnp.asarray([s[f] for s in settings]) for f in fields}
   base_state = jax.device_get(exp.parallel.unreplicate(exp.state))
   channels = exp.eval_split.records[0]['image'].shape[-1]
@@ -212,20 +209,42 @@ def run_vmapped(config, settings: list[dict], workdir: str) -> list[dict]:
                                     **train.train_step_options(cfg, exp.model))
     return new.replace(tx=base_state.tx), metrics
 
-  def eval_one(state, batch, key, pre):
-    return train.eval_step(state, batch, key, pre, dtype=exp.model.dtype,
-                           ema=base.ema_decay > 0)
-
   try:
     states, keys = jax.jit(jax.vmap(init_one))(hp)
   except (jax.errors.ConcretizationTypeError, TypeError) as e:
     raise NotVmappable(f'{", ".join(fields)} change the program, not just numbers in it: '
                        f'{type(e).__name__}') from e
-  p_step = exp.parallel.map(jax.vmap(step_one, in_axes=(0, 0, None, 0, None)),
+  p_step = exp.parallel.map(jax.vmap(step_one, in_axes=(0, 0, batch_axis, 0, None)),
                             ('state', 'const', 'batch', 'const', 'const'), donate_state=True)
+  return exp.parallel.replicate(jax.device_get(states)), keys, hp, p_step
+
+
+def run_vmapped(config, settings: list[dict], workdir: str) -> list[dict]:
+  """All candidates in one program: stacked train states, one vmapped step (vmapped_training),
+  the same batches: the batch order is the base config's, shared by all candidates.
+  """
+  import jax
+  import jax.numpy as jnp
+
+  from resnet_jax import data, train
+  from resnet_jax.models import count_params
+
+  fields = sorted(settings[0])
+  base = with_overrides(config, settings[0])
+  if base.init_from:
+    raise NotVmappable('config.init_from is set')
+  exp = train.setup(base, workdir=workdir)
+  params = count_params(base.model.name, exp.eval_split.num_classes)
+  if params > VMAP_MAX_PARAMS:
+    raise NotVmappable(f'{base.model.name} has {params:,} parameters (> {VMAP_MAX_PARAMS:,})')
+  states, keys, hp, p_step = vmapped_training(exp, base, settings)
+
+  def eval_one(state, batch, key, pre):
+    return train.eval_step(state, batch, key, pre, dtype=exp.model.dtype,
+                           ema=base.ema_decay > 0)
+
   p_eval = exp.parallel.map(jax.vmap(eval_one, in_axes=(0, None, None, None)),
                             ('state', 'batch', 'const', 'const'))
-  states = exp.parallel.replicate(jax.device_get(states))
   d = base.dataset
   batches = iter(train.train_loader(exp))
   start, window = time.perf_counter(), []
@@ -265,6 +284,10 @@ def run_sweep(config, specs: list[str], workdir: str, *, search: str = 'grid', t
   if not specs:
     raise ValueError('--sweep: give at least one FIELD=[v1,v2,...]')
   settings = candidates([parse_spec(s) for s in specs], search, trials, sweep_seed)
+  if config.dataset.on_device == 'auto':
+    # The vmapped candidates read the host pipeline: so do the sequential ones, and a candidate
+    # trains the same way in either mode.
+    config.dataset.on_device = 'never'
   for overrides in settings:  # Every field must exist before anything trains.
     with_overrides(config, overrides)
   os.makedirs(workdir, exist_ok=True)

@@ -1,0 +1,453 @@
+"""Evaluation modes (center crop, 10-crop, multi-scale) and ensembles (softmax averages).
+
+  python -m resnet_jax.evaluate --config=experiments/configs/NAME.py --workdirs=A,B,C \\
+      [--eval_mode=center|ten_crop|multi_scale] [--scales=224,256,288] \\
+      [--scale_crop=center|ten_crop] [--ema] [--out=DIR] [--config.a.b=V ...]
+
+prints one row per checkpoint and one for their ensemble (accuracy, loss) on
+`config.dataset.eval_split`, and with --out writes DIR/evaluate.csv.
+
+Views are cut on the host, in NumPy, per example, in a Grain map, with the resize and crop
+functions of the data pipeline (data/augment.py): so the center view is the evaluation
+pipeline's to the bit, and images of any size (ImageNet) become fixed-size views before
+batching. The device gets [N, V, size, size, C] uint8 batches, normalizes them as `eval_step`
+does (data.preprocess.apply, with each member's own fitted preprocessing), averages the softmax
+over the V views, then over the members; the loss is the negative log of that average.
+
+`train_seed_ensemble` trains one member per seed together, in one vmapped program
+(sweep.vmapped_training), each exactly the run `train_and_evaluate` makes with that seed.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import functools
+import math
+import os
+from typing import Sequence
+
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags, logging
+from etils import epath
+from jax import lax
+from ml_collections import config_flags
+
+from resnet_jax import data, sweep, train
+from resnet_jax.checkpoint import Checkpointer
+from resnet_jax.data import augment as augment_lib
+from resnet_jax.data.pipeline import _records_of_this_process, _to_iter
+
+EVAL_MODES = ('center', 'ten_crop', 'multi_scale')
+SCALE_CROPS = ('center', 'ten_crop')
+COLUMNS = ('model', 'members', 'eval_mode', 'accuracy', 'loss', 'examples')
+
+
+# ---------------------------------------------------------------------------------------------
+# Views of a batch of uint8 [N, H, W, C] images (same-sized; the pipeline passes one at a time).
+
+
+def center_crop(images: np.ndarray, size: int, augment: str = 'none') -> np.ndarray:
+  """[N, size, size, C]: the evaluation view of a model trained with `augment`
+  (data.augment.eval_view: the central 87.5% after a resize for scale/random_resized_crop,
+  else a resize), the view train.evaluate scores."""
+  ops = augment_lib.parse_augment(augment)
+  return np.stack([augment_lib.eval_view(image, ops, size) for image in images])
+
+
+def ten_crop(images: np.ndarray, size: int, pad: int = 0) -> np.ndarray:
+  """[10, N, size, size, C]: the top-left, top-right, bottom-left, bottom-right and center
+  crops, then the same five flipped horizontally (Krizhevsky et al. 2012, Sec. 4.1).
+
+  `pad` zero pixels are added on every side first, the canvas of training's pad_crop (He et al.
+  2015, Sec. 4.2): a 32x32 CIFAR image padded by 4 gives four corners shifted 4 pixels each way,
+  the extreme crops training sampled, and the unshifted image as the center.
+  """
+  images = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  height, width = images.shape[1:3]
+  if size > min(height, width):
+    raise ValueError(f'ten_crop: a {size}x{size} crop of {height}x{width} images')
+  bottom, right = height - size, width - size
+  # The center as data.augment.center_crop rounds it.
+  offsets = ((0, 0), (0, right), (bottom, 0), (bottom, right), (bottom // 2, right // 2))
+  crops = [images[:, y:y + size, x:x + size] for y, x in offsets]
+  return np.stack(crops + [crop[:, :, ::-1] for crop in crops])
+
+
+def default_scales(size: int) -> tuple[int, ...]:
+  """(size, 8/7 size, 9/7 size): Simonyan & Zisserman 2015, Sec. 3.2's Q = {S - 32, S, S + 32}
+  around the training scale S = 256 of 224 crops (224 = 7/8 S), in proportion: 224, 256, 288."""
+  return (size, round(size * 8 / 7), round(size * 9 / 7))
+
+
+def multi_scale(images: np.ndarray, scales: Sequence[int], size: int,
+                crop: str = 'center') -> np.ndarray:
+  """[S, N, size, size, C] (crop 'center') or [10 S, N, ...] ('ten_crop'): for each scale Q the
+  shorter side resized to Q (bilinear, as scale augmentation), then the central crop or the
+  10-crop; the softmax is averaged over all of them (Simonyan & Zisserman 2015, Sec. 3.2; He et
+  al. 2015, Sec. 3.4, who average the scores over scales)."""
+  if crop not in SCALE_CROPS:
+    raise ValueError(f"multi_scale crop {crop!r} (--scale_crop) is not one of {SCALE_CROPS}")
+  small = [q for q in scales if q < size]
+  if not scales or small:
+    raise ValueError(f'multi_scale scales {tuple(scales)} (--scales): give at least one, each at '
+                     f'least the crop size {size}')
+  views = []
+  for q in scales:
+    canvas = np.stack([augment_lib.resize_shorter_side(image, q) for image in images])
+    crops = ten_crop(canvas, size)
+    views.append(crops if crop == 'ten_crop' else crops[4:5])
+  return np.concatenate(views)
+
+
+def eval_views(images: np.ndarray, mode: str, *, augment: str, size: int, pad: int = 0,
+          scales: Sequence[int] = (), scale_crop: str = 'center') -> np.ndarray:
+  """[V, N, size, size, C]: the views `mode` scores for a model trained with `augment`.
+
+  center: the evaluation view (V = 1). ten_crop (V = 10): crops of the canvas training's crops
+  came from: the image resized to size and padded by `pad` (pad_crop); the shorter side resized
+  to size / 0.875 (scale, random_resized_crop: the canvas of eval_view); else the image resized
+  to size, whose corners are its center (so 2 distinct views: the image and its flip). Its
+  center view is the evaluation view. multi_scale: `multi_scale(images, scales, size,
+  scale_crop)`.
+  """
+  if mode not in EVAL_MODES:
+    raise ValueError(f'eval mode {mode!r} (--eval_mode) is not one of {EVAL_MODES}')
+  if mode == 'center':
+    return center_crop(images, size, augment)[None]
+  if mode == 'multi_scale':
+    return multi_scale(images, scales, size, scale_crop)
+  ops = augment_lib.parse_augment(augment)
+  if 'scale' in ops or 'random_resized_crop' in ops:
+    short = int(round(size / augment_lib.EVAL_CROP_FRACTION))
+    canvas = np.stack([augment_lib.resize_shorter_side(image, short) for image in images])
+    return ten_crop(canvas, size)
+  canvas = np.stack([augment_lib.resize(image, size, size) for image in images])
+  return ten_crop(canvas, size, pad if 'pad_crop' in ops else 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class ViewsMap(grain.transforms.Map):
+  """One example -> its [V, size, size, C] views (see `eval_views`)."""
+  mode: str
+  augment: str
+  size: int
+  pad: int = 0
+  scales: tuple[int, ...] = ()
+  scale_crop: str = 'center'
+
+  def map(self, element):
+    image = eval_views(element['image'][None], self.mode, augment=self.augment, size=self.size,
+                  pad=self.pad, scales=self.scales, scale_crop=self.scale_crop)[:, 0]
+    return {'image': np.ascontiguousarray(image), 'label': element['label']}
+
+
+def view_batches(split: data.Split, views_map: ViewsMap, *, global_batch_size: int,
+                 num_workers: int):
+  """data.eval_batches with `views_map` in place of the evaluation view: every example of
+  `split` exactly once, in [batch, V, size, size, C] batches padded with `mask == 0`, the same
+  number of batches on every process."""
+  batch_size = data.pipeline.per_process_batch_size(global_batch_size)
+  dataset = (_records_of_this_process(split).map(views_map)
+             .batch(batch_size, drop_remainder=False))
+  num_batches = math.ceil(math.ceil(len(split) / jax.process_count()) / batch_size)
+  image_shape = views_map.map(split.records[0])['image'].shape
+  batches = iter(_to_iter(dataset, num_workers))
+  for _ in range(num_batches):
+    batch = next(batches, None)
+    count = 0 if batch is None else len(batch['label'])
+    image = np.zeros((batch_size, *image_shape), np.uint8)
+    label = np.zeros((batch_size,), np.int32)
+    if count:
+      image[:count], label[:count] = batch['image'], batch['label']
+    yield {'image': image, 'label': label,
+           'mask': (np.arange(batch_size) < count).astype(np.float32)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Averaged softmax: over views, then over members.
+
+
+def stack_members(variables_list: Sequence[dict], pre_list: Sequence[dict]) -> dict:
+  """Members' {'params', 'batch_stats'} and preprocessing arrays, stacked on a leading axis."""
+  stack = lambda *xs: np.stack([np.asarray(x) for x in xs])
+  return {'variables': jax.tree.map(stack, *variables_list), 'pre': jax.tree.map(stack, *pre_list)}
+
+
+def member_log_probs(model, members: dict, views: jax.Array, key: jax.Array | None = None, *,
+                     dtype) -> jax.Array:
+  """[M, N, classes]: log of each member's softmax averaged over the [V, N, H, W, C] uint8
+  `views`, one member and one view at a time (lax.map: the memory of one forward pass).
+
+  `members` come from `stack_members`; `key` is the fixed 'fmp' key eval_step passes.
+  """
+  rngs = {} if key is None else {'fmp': key}
+
+  def one_member(member):
+    def one_view(images):
+      x = data.preprocess.apply(member['pre'], images, dtype)
+      logits = model.apply(member['variables'], x, train=False, rngs=rngs)
+      return jax.nn.log_softmax(logits.astype(jnp.float32))
+    return jax.nn.logsumexp(lax.map(one_view, views), axis=0) - math.log(views.shape[0])
+
+  return lax.map(one_member, members)
+
+
+def ensemble_log_probs(log_probs: jax.Array) -> jax.Array:
+  """[N, classes]: log of the members' probabilities averaged (axis 0 of `log_probs`)."""
+  return jax.nn.logsumexp(log_probs, axis=0) - math.log(log_probs.shape[0])
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'dtype'))
+def _predict(members, views, key, *, model, dtype):
+  return jnp.exp(ensemble_log_probs(member_log_probs(model, members, views, key, dtype=dtype)))
+
+
+def predict(variables_list: Sequence[dict], model, views: np.ndarray,
+            pre: dict | Sequence[dict], *, key: jax.Array | None = None,
+            dtype=None) -> jax.Array:
+  """[N, classes] probabilities: the softmax averaged over the [V, N, H, W, C] uint8 `views`
+  (see `eval_views`; [N, H, W, C] is one view), then over the members `variables_list`
+  ({'params', 'batch_stats'} each).
+
+  `pre` is the preprocessing (`Experiment.preprocessing.arrays()`), one for all members or one
+  per member; `dtype` the computation dtype (default: the model's).
+  """
+  pres = [pre] * len(variables_list) if isinstance(pre, dict) else list(pre)
+  if len(pres) != len(variables_list):
+    raise ValueError(f'predict: {len(variables_list)} members but {len(pres)} preprocessings')
+  views = jnp.asarray(views)
+  return _predict(stack_members(variables_list, pres), views[None] if views.ndim == 4 else views,
+                  key, model=model, dtype=model.dtype if dtype is None else dtype)
+
+
+def ensemble_eval_step(members: dict, batch: dict, key: jax.Array, *, model, dtype) -> dict:
+  """Per device (under DataParallel.map): sums over the global batch (psum, mask-aware) of the
+  loss and correct predictions of each member and, last, of their ensemble; and `examples`."""
+  log_probs = member_log_probs(model, members, jnp.moveaxis(batch['image'], 1, 0), key,
+                               dtype=dtype)
+  log_probs = jnp.concatenate([log_probs, ensemble_log_probs(log_probs)[None]])
+  labels, mask = batch['label'], batch['mask']
+  loss = -jnp.take_along_axis(log_probs, labels[None, :, None], axis=-1)[..., 0]
+  correct = jnp.argmax(log_probs, axis=-1) == labels
+  return lax.psum({'loss': jnp.sum(loss * mask, axis=-1),
+                   'correct': jnp.sum(correct * mask, axis=-1), 'examples': jnp.sum(mask)},
+                  train.AXIS)
+
+
+def evaluate_members(exp: train.Experiment, names: Sequence[str],
+                     variables_list: Sequence[dict], pre_list: Sequence[dict],
+                     mode: str = 'center', *, scales: Sequence[int] | None = None,
+                     scale_crop: str = 'center') -> list[dict]:
+  """Each member alone and their ensemble on `exp.eval_split`, scored on the views of `mode`:
+  one row per member, then one named 'ensemble' (COLUMNS)."""
+  d = exp.config.dataset
+  scales = tuple(default_scales(d.image_size) if not scales else scales)
+  views_map = ViewsMap(mode, d.augment, d.image_size, d.pad, scales, scale_crop)
+  step = exp.parallel.map(
+      functools.partial(ensemble_eval_step, model=exp.model, dtype=exp.model.dtype),
+      ('state', 'batch', 'const'))
+  members = exp.parallel.replicate(stack_members(variables_list, pre_list))
+  totals = None
+  for batch in view_batches(exp.eval_split, views_map, global_batch_size=exp.config.batch_size,
+                            num_workers=d.num_workers):
+    sums = step(members, exp.parallel.shard_batch(batch), exp.eval_key)
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  totals = jax.device_get(exp.parallel.unreplicate(totals))
+  n = float(totals['examples'])
+  labels = [*names, 'ensemble']
+  return [{'model': name, 'members': 1 if i < len(names) else len(names), 'eval_mode': mode,
+           'accuracy': float(totals['correct'][i]) / n, 'loss': float(totals['loss'][i]) / n,
+           'examples': int(n)} for i, name in enumerate(labels)]
+
+
+def evaluate_checkpoints(config, workdirs: Sequence[str], mode: str = 'center', *,
+                         scales: Sequence[int] | None = None, scale_crop: str = 'center',
+                         ema: bool = False) -> list[dict]:
+  """The latest checkpoint of each workdir alone and their softmax-average ensemble on
+  `config.dataset.eval_split`, in `mode` (EVAL_MODES): rows of COLUMNS, the ensemble last.
+
+  Checkpoints are read as train.evaluate_checkpoint reads them, each with its workdir's own
+  preprocess.npz; `ema` scores the weight averages (runs with config.ema_decay > 0).
+  """
+  if not workdirs:
+    raise ValueError('--workdirs: give at least one workdir (comma-separated)')
+  if mode not in EVAL_MODES:
+    raise ValueError(f'eval mode {mode!r} (--eval_mode) is not one of {EVAL_MODES}')
+  if ema and not config.ema_decay > 0:
+    raise ValueError('--ema needs config.ema_decay > 0, as in the runs that wrote the checkpoints')
+  missing = [w for w in workdirs if not epath.Path(w).exists()]
+  if missing:
+    raise FileNotFoundError(f'--workdirs: {", ".join(missing)} does not exist')
+  exp = train.setup(config, train=False, workdir=workdirs[0])
+  template = exp.parallel.unreplicate(exp.state)
+  variables_list, pre_list = [], []
+  for workdir in workdirs:
+    checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints,
+                                fallback=config.restore_fallback)
+    if checkpointer.latest_step() is None:
+      raise FileNotFoundError(f'no checkpoint to evaluate in {workdir}/checkpoints (--workdirs): '
+                              'train first, or pass the workdirs of finished runs')
+    state, step = train.restore_checkpoint(checkpointer, template)
+    checkpointer.close()
+    logging.info('Member %s: step %d.', workdir, step)
+    variables_list.append(jax.device_get(
+        state.ema if ema else {'params': state.params, 'batch_stats': state.batch_stats}))
+    pre_list.append(data.preprocess.load_or_fit(os.path.join(workdir, 'preprocess.npz'), None,
+                                                config.dataset).arrays())
+  return evaluate_members(exp, list(workdirs), variables_list, pre_list, mode, scales=scales,
+                          scale_crop=scale_crop)
+
+
+# ---------------------------------------------------------------------------------------------
+# Seed ensembles trained together.
+
+
+def train_seed_ensemble(config, seeds: Sequence[int], workdir: str, *,
+                        modes: Sequence[str] = ('center',), scales: Sequence[int] | None = None,
+                        scale_crop: str = 'center') -> list[dict]:
+  """Trains one member per seed, all together: stacked train states, one vmapped update per
+  step (sweep.vmapped_training), one jitted program.
+
+  Member k is the run train_and_evaluate makes with config.seed = seeds[k]: its own
+  initialisation, dropout (and other on-device) keys, data order and augmentation, from its own
+  stream of the host pipeline (Grain; the k streams are stacked on axis 1 of the batch; the
+  on-device data path is not used: the lone run to compare with has on_device='never'). Each is
+  saved as such a run in WORKDIR/seed_S (checkpoints with its data position, preprocess.npz) every
+  `checkpoint_every_steps` and at the end, so it resumes, and `--mode=eval` or
+  evaluate_checkpoints reads it. Returns evaluate_members' rows for each of `modes`.
+  """
+  seeds = [int(s) for s in seeds]
+  if not seeds or len(set(seeds)) != len(seeds):
+    raise ValueError(f'seeds {seeds}: give one or more distinct seeds')
+  bad = [mode for mode in modes if mode not in EVAL_MODES]
+  if bad:
+    raise ValueError(f'eval modes {bad} are not among {EVAL_MODES}')
+  if config.init_from:
+    raise ValueError('config.init_from is set: the members of a seed ensemble start from their '
+                     "seeds' initialisations; unset it")
+  if config.dataset.on_device == 'always':
+    raise ValueError("config.dataset.on_device='always': a seed ensemble's members read the host "
+                     "pipeline; use 'auto' or 'never'")
+  # Members read the host pipeline: their runs alone are then the same with 'never'.
+  config = sweep.with_overrides(config, {'dataset.on_device': 'never'})
+  configs = [sweep.with_overrides(config, {'seed': s}) for s in seeds]
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+  exp = train.setup(configs[0], workdir=workdir)
+  states, keys, hp, p_step = sweep.vmapped_training(exp, configs[0], [{'seed': s} for s in seeds],
+                                                    batch_axis=1)
+  names = [f'seed_{s}' for s in seeds]
+  loaders = [iter(train.train_loader(dataclasses.replace(exp, config=c))) for c in configs]
+  checkpointers = [Checkpointer(os.path.join(workdir, name), keep=config.keep_checkpoints,
+                                fallback=config.restore_fallback) for name in names]
+  latest = [c.latest_step() for c in checkpointers]
+  start = 0
+  if any(step is not None for step in latest):
+    if len(set(latest)) > 1:
+      raise ValueError(f'the members in {workdir} stopped at different steps '
+                       f'{dict(zip(names, latest))}; remove their seed_* directories to start '
+                       'afresh')
+    template = exp.parallel.unreplicate(exp.state)
+    restored = [train.restore_checkpoint(c, template, it) for c, it in zip(checkpointers, loaders)]
+    start = restored[0][1]
+    states = exp.parallel.replicate(
+        jax.tree.map(lambda *xs: np.stack(xs), *[jax.device_get(s) for s, _ in restored]))
+    logging.info('Resumed %d members at step %d.', len(seeds), start)
+  if jax.process_index() == 0:
+    for name in names:
+      exp.preprocessing.save(os.path.join(workdir, name, 'preprocess.npz'))
+  logging.info('Training %d members of %s together: %d steps of %d.', len(seeds),
+               config.model.name, exp.total_steps, config.batch_size)
+
+  def member(host_states, k):
+    return jax.tree.map(lambda x: x[k], host_states)
+
+  window = []
+  try:
+    for step in range(start + 1, exp.total_steps + 1):
+      batches = [next(it) for it in loaders]
+      batch = {k: np.stack([b[k] for b in batches], axis=1) for k in batches[0]}
+      states, metrics = p_step(states, hp, exp.parallel.shard_batch(batch), keys, exp.pre_arrays)
+      window.append(metrics['loss'])
+      if step % config.log_every_steps == 0 or step == exp.total_steps:
+        losses = np.mean(np.asarray(jax.device_get(exp.parallel.unreplicate(window))), axis=0)
+        logging.info('epoch %.2f step %d/%d: loss %s', step / exp.steps_per_epoch, step,
+                     exp.total_steps, ' '.join(f'{x:.4f}' for x in losses))
+        window = []
+      if step % config.checkpoint_every_steps == 0 or step == exp.total_steps:
+        host = jax.device_get(exp.parallel.unreplicate(states))
+        for k, (checkpointer, loader) in enumerate(zip(checkpointers, loaders)):
+          checkpointer.save(step, member(host, k), loader)
+    for checkpointer in checkpointers:
+      checkpointer.wait()
+  finally:
+    for checkpointer in checkpointers:
+      checkpointer.close()
+  host = jax.device_get(exp.parallel.unreplicate(states))
+  variables_list = [{'params': member(host, k).params, 'batch_stats': member(host, k).batch_stats}
+                    for k in range(len(seeds))]
+  pre = jax.tree.map(np.asarray, exp.preprocessing.arrays())
+  rows = []
+  for mode in modes:
+    rows += evaluate_members(exp, names, variables_list, [pre] * len(seeds), mode, scales=scales,
+                             scale_crop=scale_crop)
+  return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# The table and the command line.
+
+
+def markdown_table(rows: Sequence[dict]) -> str:
+  fmt = lambda v: f'{v:.4f}' if isinstance(v, float) else str(v)
+  lines = ['| ' + ' | '.join(COLUMNS) + ' |', '|' + '---|' * len(COLUMNS)]
+  lines += ['| ' + ' | '.join(fmt(r[c]) for c in COLUMNS) + ' |' for r in rows]
+  return '\n'.join(lines) + '\n'
+
+
+def write_csv(path: str, rows: Sequence[dict]) -> None:
+  with open(path, 'w', newline='') as f:
+    writer = csv.DictWriter(f, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+
+
+def define_flags() -> None:
+  """The command line's flags (only when run as a program: resnet_jax.main defines --config)."""
+  config_flags.DEFINE_config_file(
+      'config', os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                             'experiments', 'configs', 'default.py'),
+      'The config the checkpoints were trained with; --config.a.b=V overrides fields.')
+  flags.DEFINE_list('workdirs', [], 'Workdirs of finished runs, comma-separated: the members.')
+  flags.DEFINE_enum('eval_mode', 'center', list(EVAL_MODES), 'The views scored (see eval_views).')
+  flags.DEFINE_list('scales', [], 'multi_scale: shorter sides, e.g. 224,256,288 (default '
+                    'image_size x (1, 8/7, 9/7)).')
+  flags.DEFINE_enum('scale_crop', 'center', list(SCALE_CROPS), 'multi_scale: crops per scale.')
+  flags.DEFINE_bool('ema', False, 'Score the EMA weights (runs with config.ema_decay > 0).')
+  flags.DEFINE_string('out', None, 'Write OUT/evaluate.csv.')
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]} (config fields go as --config.a.b=V)')
+  f = flags.FLAGS
+  if not f.workdirs:
+    raise app.UsageError('--workdirs is required (comma-separated workdirs of finished runs)')
+  try:
+    scales = [int(s) for s in f.scales]
+  except ValueError:
+    raise app.UsageError(f'--scales {f.scales}: give integers, e.g. 224,256,288') from None
+  rows = evaluate_checkpoints(f.config, f.workdirs, f.eval_mode, scales=scales,
+                              scale_crop=f.scale_crop, ema=f.ema)
+  print(markdown_table(rows))
+  if f.out:
+    os.makedirs(f.out, exist_ok=True)
+    write_csv(os.path.join(f.out, 'evaluate.csv'), rows)
+
+
+if __name__ == '__main__':
+  define_flags()
+  flags.FLAGS.alsologtostderr = True
+  app.run(main)
