@@ -13,7 +13,6 @@ import csv
 import json
 import os
 import sys
-import tarfile
 import time
 
 from absl import app, flags, logging
@@ -21,6 +20,7 @@ from absl import app, flags, logging
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from experiments.configs import activations as activations_config  # noqa: E402
+from experiments.shared_data import image_folder  # noqa: E402
 from resnet_jax import train  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where the runs, CSV and PNG go.', required=True)
@@ -28,23 +28,6 @@ _BUDGET = flags.DEFINE_enum('budget', 'cpu', ['cpu', 'full'], 'cpu: 1 epoch each
 _DATA = flags.DEFINE_string('data', '', 'An MNIST image folder (DATA/train/<digit>/*.png).')
 _ACTS = flags.DEFINE_list('acts', list(activations_config.ACTIVATIONS), 'Activations to compare.')
 _EPOCHS = flags.DEFINE_float('epochs', 0.0, 'Override the budget\'s epochs (0: keep).')
-
-SHARED_MNIST = os.path.join(os.path.dirname(REPO), 'shared', 'data', 'mnist-train-png.tar.gz')
-
-
-def mnist_folder(workdir: str) -> str:
-  """--data, or the shared MNIST archive unpacked once into WORKDIR/data."""
-  if _DATA.value:
-    return _DATA.value
-  folder = os.path.join(workdir, 'data')
-  if not os.path.isdir(os.path.join(folder, 'train')):
-    if not os.path.exists(SHARED_MNIST):
-      raise FileNotFoundError(f'no --data given and {SHARED_MNIST} not found: pass '
-                              '--data=FOLDER holding train/<digit>/<image>.png')
-    with tarfile.open(SHARED_MNIST) as tar:
-      tar.extractall(folder, filter='data')
-  return folder
-
 
 def plot(rows: list[dict], path: str) -> None:
   import matplotlib
@@ -68,7 +51,7 @@ def main(argv) -> None:
   del argv
   workdir = _WORKDIR.value
   os.makedirs(workdir, exist_ok=True)
-  source = f'folder:{mnist_folder(workdir)}'
+  source = f"folder:{image_folder('mnist', workdir, _DATA.value)}"
   rows = []
   for act in _ACTS.value:
     config = activations_config.get_config(_BUDGET.value)
@@ -78,7 +61,8 @@ def main(argv) -> None:
       config.num_epochs = _EPOCHS.value
     run_dir = os.path.join(workdir, act)
     start = time.perf_counter()
-    results = train.train_and_evaluate(config, run_dir)
+    if train.train_and_evaluate(config, run_dir).get('preempted'):
+      sys.exit(f'{act} was stopped (SIGTERM) and saved; run the same command to resume.')
     seconds = time.perf_counter() - start
     with open(os.path.join(run_dir, 'results.json')) as f:
       results = json.load(f)

@@ -47,6 +47,13 @@ def mnist_folder(tmp_path_factory) -> pathlib.Path:
                               tmp_path_factory.mktemp('mnist'), per_class=200)
 
 
+@pytest.fixture(scope='session')
+def cifar_folder(tmp_path_factory) -> pathlib.Path:
+  """50 real CIFAR-10 JPEGs per class from ../shared/data, laid out as train/<class>/<image>."""
+  return extract_image_folder(SHARED_DATA / 'cifar10-train-jpeg.tar.gz',
+                              tmp_path_factory.mktemp('cifar10'), per_class=50)
+
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 

@@ -1,8 +1,10 @@
 """The experiment scripts, run as the README runs them, at their CPU budget."""
 import csv
+import json
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO
 
 
@@ -35,3 +37,47 @@ def test_activation_comparison_trains_each_and_writes_the_table(tmp_path, mnist_
   # 14 steps on 1,800 real digits: far above chance (0.1) on the 200 held out, for both.
   assert all(float(r['accuracy']) > 0.3 and float(r['seconds']) > 0 for r in rows.values())
   assert (tmp_path / 'activations.png').stat().st_size > 10_000
+
+
+def test_degradation_writes_each_nets_error_curves(tmp_path, cifar_folder):
+  done = subprocess.run([sys.executable, 'experiments/degradation.py', f'--workdir={tmp_path}',
+                         f'--data={cifar_folder}', '--models=plain20',
+                         '--epochs=1'], cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
+  with open(tmp_path / 'degradation.csv') as f:
+    reader = csv.DictReader(f)
+    assert reader.fieldnames == ['model', 'step', 'train_error', 'test_error']
+    rows = list(reader)
+  # 450 training images (the 500 less the 10% validation split), batch 128: 3 steps per epoch,
+  # evaluated every quarter epoch (rounded: every step).
+  for model in ('plain20',):
+    mine = [r for r in rows if r['model'] == model]
+    assert [int(r['step']) for r in mine] == [1, 2, 3]
+    assert all(0 <= float(r['test_error']) <= 1 for r in mine)
+    with open(tmp_path / model / 'results.json') as f:
+      final = json.load(f)
+    assert float(mine[-1]['test_error']) == pytest.approx(1 - final['accuracy'], abs=1e-4)
+    assert 0 <= float(mine[-1]['train_error']) <= 1
+  assert (tmp_path / 'degradation.png').stat().st_size > 20_000
+
+
+def test_complexity_measures_each_model_and_draws_the_bubble_chart(tmp_path):
+  done = subprocess.run([sys.executable, 'experiments/complexity.py', f'--workdir={tmp_path}',
+                         '--models=squeezenet1_1', '--throughput_batch=2'],
+                        cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
+  with open(tmp_path / 'complexity.csv') as f:
+    (row,) = list(csv.DictReader(f))
+  assert int(row['params']) == 1_235_496  # torchvision squeezenet1_1.
+  # torchvision's 0.35 GMACs: XLA counts a multiply-add as 2 FLOPs, plus ReLUs and pooling.
+  assert 0.65 < float(row['gflops']) < 0.75
+  assert float(row['latency_ms']) > 0 and float(row['images_per_sec']) > 0
+  assert int(row['batch']) == 2 and float(row['top1']) == 58.178
+  assert (tmp_path / 'complexity.png').stat().st_size > 20_000
+
+
+def test_complexity_rejects_a_model_that_is_not_an_imagenet_one(tmp_path):
+  done = subprocess.run([sys.executable, 'experiments/complexity.py', f'--workdir={tmp_path}',
+                         '--models=cifar_resnet20'], cwd=REPO, capture_output=True, text=True,
+                        timeout=120)
+  assert done.returncode != 0 and 'cifar_resnet20' in done.stderr and 'resnet50' in done.stderr
