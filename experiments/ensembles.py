@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import os
 import sys
-import tarfile
 
 from absl import app, flags, logging
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from experiments.configs import ensembles as ensembles_config  # noqa: E402
+from experiments.shared_data import image_folder  # noqa: E402
 from resnet_jax import evaluate  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where the members, CSV and PNG go.', required=True)
@@ -34,31 +34,7 @@ _DATA = flags.DEFINE_string('data', '', 'A CIFAR-10 image folder (DATA/train/<cl
 _MEMBERS = flags.DEFINE_integer('members', 0, "Members of the ensemble (0: the budget's).")
 _EPOCHS = flags.DEFINE_float('epochs', 0.0, "Override the budget's epochs (0: keep).")
 
-SHARED_CIFAR = os.path.join(os.path.dirname(REPO), 'shared', 'data', 'cifar10-train-jpeg.tar.gz')
 MODES = ('center', 'ten_crop')
-
-
-def cifar_folder(workdir: str, per_class: int | None) -> str:
-  """--data, or the first `per_class` images of each class (all when None) of the shared archive,
-  unpacked once into WORKDIR/data (into a temporary folder first, so a cut leaves none)."""
-  if _DATA.value:
-    return _DATA.value
-  folder = os.path.join(workdir, 'data')
-  if os.path.isdir(os.path.join(folder, 'train')):
-    return folder
-  if not os.path.exists(SHARED_CIFAR):
-    raise FileNotFoundError(f'no --data given and {SHARED_CIFAR} not found: pass '
-                            '--data=FOLDER holding train/<class>/<image>.jpg')
-  partial, taken = folder + '.partial', {}
-  with tarfile.open(SHARED_CIFAR) as tar:
-    for member in tar:
-      parts = member.name.split('/')  # train/<class>/<image>
-      if member.isfile() and len(parts) == 3 and (per_class is None
-                                                  or taken.get(parts[1], 0) < per_class):
-        taken[parts[1]] = taken.get(parts[1], 0) + 1
-        tar.extract(member, partial, filter='data')
-  os.rename(partial, folder)
-  return folder
 
 
 def plot(rows: list[dict], path: str) -> None:
@@ -91,7 +67,7 @@ def main(argv) -> None:
   budget, workdir = _BUDGET.value, _WORKDIR.value
   os.makedirs(workdir, exist_ok=True)
   config = ensembles_config.get_config(budget)
-  config.dataset.source = 'folder:' + cifar_folder(workdir,
+  config.dataset.source = 'folder:' + image_folder('cifar10', workdir, _DATA.value,
                                                    ensembles_config.IMAGES_PER_CLASS[budget])
   if _EPOCHS.value:
     config.num_epochs = _EPOCHS.value

@@ -9,17 +9,26 @@ SHARED_DATA = os.path.join(os.path.dirname(REPO), 'shared', 'data')
 ARCHIVES = {'mnist': 'mnist-train-png.tar.gz', 'cifar10': 'cifar10-train-jpeg.tar.gz'}
 
 
-def image_folder(name: str, workdir: str, given: str = '') -> str:
-  """`given` (a --data flag) if set, else the shared `name` archive unpacked once into
-  WORKDIR/data, as train/<class>/<image>."""
+def image_folder(name: str, workdir: str, given: str = '', per_class: int | None = None) -> str:
+  """`given` (a --data flag) if set, else the first `per_class` images of each class (all when
+  None) of the shared `name` archive, unpacked once into WORKDIR/data as train/<class>/<image>
+  (into a temporary folder first, so an interrupted unpacking leaves none)."""
   if given:
     return given
   folder = os.path.join(workdir, 'data')
-  if not os.path.isdir(os.path.join(folder, 'train')):
-    archive = os.path.join(SHARED_DATA, ARCHIVES[name])
-    if not os.path.exists(archive):
-      raise FileNotFoundError(f'no --data given and {archive} not found: pass --data=FOLDER '
-                              'holding train/<class>/<image>')
-    with tarfile.open(archive) as tar:
-      tar.extractall(folder, filter='data')
+  if os.path.isdir(os.path.join(folder, 'train')):
+    return folder
+  archive = os.path.join(SHARED_DATA, ARCHIVES[name])
+  if not os.path.exists(archive):
+    raise FileNotFoundError(f'no --data given and {archive} not found: pass --data=FOLDER '
+                            'holding train/<class>/<image>')
+  partial, taken = folder + '.partial', {}
+  with tarfile.open(archive) as tar:
+    for member in tar:
+      parts = member.name.split('/')  # train/<class>/<image>
+      if member.isfile() and len(parts) == 3 and (per_class is None
+                                                  or taken.get(parts[1], 0) < per_class):
+        taken[parts[1]] = taken.get(parts[1], 0) + 1
+        tar.extract(member, partial, filter='data')
+  os.rename(partial, folder)
   return folder
