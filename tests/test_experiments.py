@@ -28,14 +28,15 @@ def test_init_study_shows_the_notes_collapse_and_kaiming_keeping_the_signal(tmp_
 
 def test_activation_comparison_trains_each_and_writes_the_table(tmp_path, mnist_folder):
   done = subprocess.run([sys.executable, 'experiments/activations.py', f'--workdir={tmp_path}',
-                         f'--data={mnist_folder}', '--acts=relu,tanh', '--epochs=1'],
+                         f'--data={mnist_folder}', '--acts=relu,tanh', '--epochs=3'],
                         cwd=REPO, capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stderr[-2000:]
   with open(tmp_path / 'activations.csv') as f:
     rows = {r['act']: r for r in csv.DictReader(f)}
   assert set(rows) == {'relu', 'tanh'}
-  # 14 steps on 1,800 real digits: far above chance (0.1) on the 200 held out, for both.
-  assert all(float(r['accuracy']) > 0.3 and float(r['seconds']) > 0 for r in rows.values())
+  # 3 epochs of 14 steps on 1,800 real digits: far above chance (0.1) on the 200 held out, for
+  # both (about 0.8 here; after 1 epoch ReLU's cosine-decayed 14 steps reached only 0.24-0.31).
+  assert all(float(r['accuracy']) > 0.5 and float(r['seconds']) > 0 for r in rows.values())
   assert (tmp_path / 'activations.png').stat().st_size > 10_000
 
 
