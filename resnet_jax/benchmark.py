@@ -2,6 +2,7 @@
 
   python -m resnet_jax.benchmark --model cifar_resnet20 [--batch 128] [--image-size 32]
       [--dtype float32|bfloat16] [--mode train|infer] [--vs-torch] [--json]
+  python -m resnet_jax.benchmark --model cifar_resnet20 --profile [--steps 3]
   python -m resnet_jax.benchmark --all --mode infer --batch 1      (every registered model)
   python -m resnet_jax.benchmark --mode pipeline [--images DIR] [--workers N]
   python -m resnet_jax.benchmark --zoo [--models resnet50,vgg16] [--markdown]
@@ -16,6 +17,10 @@ training mode, on one device); `infer` the eval-mode forward pass.
 `--vs-torch` builds the torchvision/timm twin (or, for the CIFAR ResNets, `torch_peers`), with
 the same batch and precision (fp32 against fp32; bfloat16 against torch autocast bf16), channels-
 last, and times it in the same rounds, alternating with ours, so both see the same machine state.
+
+`--profile` traces a few of our steps with `jax.profiler` and prints where the step's time goes:
+the compiled program's instructions summed by kind (convolutions, transposes, fusions of
+elementwise ops...), and the largest single ones with the JAX op each was lowered from.
 
 `--zoo` prints forward FLOPs at batch 1 and the registered input size for the README's table.
 """
@@ -152,6 +157,7 @@ class Timed:
   sync: Callable[[object], None]
   flops: float = float('nan')
   peak_bytes: int = 0
+  hlo: str = ''  # the compiled program's text (ours only), for --profile
 
 
 def _compiled_costs(compiled) -> tuple[float, int]:
@@ -180,8 +186,10 @@ def jax_step(name: str, batch: int, image_size: int, dtype: str, mode: str) -> T
     variables = jax.jit(functools.partial(train.initial_variables, model, image_shape=shape))(key)
     x = jax.device_put(train.normalize(images, (127.5,), (127.5,), compute))
     forward = jax.jit(functools.partial(model.apply, train=False, rngs={'fmp': key}))
-    flops, peak = _compiled_costs(forward.lower(variables, x).compile())
-    return Timed(lambda: forward(variables, x), jax.block_until_ready, flops, peak)
+    compiled = forward.lower(variables, x).compile()
+    flops, peak = _compiled_costs(compiled)
+    return Timed(lambda: forward(variables, x), jax.block_until_ready, flops, peak,
+                 compiled.as_text())
   # torch.optim.SGD(lr, momentum=0.9, weight_decay=1e-4), the peer's optimizer.
   tx = optax.chain(optax.add_decayed_weights(1e-4), optax.sgd(0.01, momentum=0.9))
   parallel = train.DataParallel('shard_map', devices=jax.devices()[:1])
@@ -190,13 +198,14 @@ def jax_step(name: str, batch: int, image_size: int, dtype: str, mode: str) -> T
                                         dtype=compute), ('state', 'batch', 'const'),
                       donate_state=True)
   data = parallel.shard_batch({'image': images, 'label': labels})
-  flops, peak = _compiled_costs(step.lower(state, data, key).compile())
+  compiled = step.lower(state, data, key).compile()
+  flops, peak = _compiled_costs(compiled)
   holder = [state]
 
   def run():
     holder[0], metrics = step(holder[0], data, key)
     return metrics
-  return Timed(run, jax.block_until_ready, flops, peak)
+  return Timed(run, jax.block_until_ready, flops, peak, compiled.as_text())
 
 
 def torch_step(name: str, batch: int, image_size: int, dtype: str, mode: str,
@@ -276,6 +285,100 @@ def step_row(name: str, *, batch: int, image_size: int | None, dtype: str, mode:
     row['torch_images_per_sec'] = batch / seconds['torch']
     row['vs_torch'] = seconds['torch'] / seconds['jax']
   return row
+
+
+# In the compiled HLO text: an instruction (name, result type), the JAX op it was lowered from,
+# the computation a fusion calls, and the header of a computation.
+_HLO_INSTRUCTION = re.compile(r'^\s*(?:ROOT )?%?([\w.\-]+) = (\S+) ')
+_HLO_OP_NAME = re.compile(r'op_name="([^"]*)"')
+_HLO_CALLS = re.compile(r'calls=%?([\w.\-]+)')
+_HLO_COMPUTATION = re.compile(r'^(?:ENTRY )?%?([\w.\-]+) .*\{$')
+
+
+def _hlo_instructions(text: str) -> dict[str, tuple[str, str]]:
+  """Each instruction's result type and source op. A fusion without a source op of its own takes
+  the first one inside the computation it calls or, where XLA dropped them all (the weight
+  gradients of convolutions), that computation's root op and window."""
+  found, calls, computation_source, computation = {}, {}, {}, None
+  for line in text.splitlines():
+    if header := _HLO_COMPUTATION.match(line):
+      computation = header.group(1)
+    elif match := _HLO_INSTRUCTION.match(line):
+      source = _HLO_OP_NAME.search(line)
+      found[match.group(1)] = (match.group(2), source.group(1) if source else '')
+      if computation and source:
+        computation_source.setdefault(computation, source.group(1))
+      elif computation and line.lstrip().startswith('ROOT '):
+        opcode = re.search(r' = \S+ ([\w\-]+)\(', line)
+        window = re.search(r'window=\{([^}]*)\}', line)
+        computation_source.setdefault(computation, ' '.join(
+            [opcode.group(1) if opcode else '?'] + ([window.group(1)] if window else [])))
+      if called := _HLO_CALLS.search(line):
+        calls[match.group(1)] = called.group(1)
+  for name, called in calls.items():
+    if not found[name][1]:
+      found[name] = (found[name][0], computation_source.get(called, ''))
+  return found
+
+
+def profile_row(name: str, *, batch: int, image_size: int | None, dtype: str, mode: str,
+                steps: int, top: int = 12) -> dict:
+  """Where the time of our step goes: `steps` steps under `jax.profiler`, the trace's events of
+  the compiled program's instructions summed per kind (the instruction name without its number:
+  `ynn_fusion`, `transpose_copy_fusion`, ...) and the `top` single instructions with the JAX op
+  each comes from. `step_ms` is the median of untraced steps; `ops_ms` what the traced
+  instructions add up to per step (the rest is dispatch and waiting)."""
+  import glob
+  import gzip
+  size = image_size or model_spec(name)['input_size']
+  timed = jax_step(name, batch, size, dtype, mode)
+  step_seconds = time_alternating({'jax': timed}, 1, max(steps, 3), warmup=2)['jax']
+  instructions = _hlo_instructions(timed.hlo)
+  with tempfile.TemporaryDirectory() as logdir:
+    with jax.profiler.trace(logdir, create_perfetto_trace=True):
+      for _ in range(steps):
+        out = timed.run()
+      timed.sync(out)
+    [trace] = glob.glob(os.path.join(logdir, '**', 'perfetto_trace.json.gz'), recursive=True)
+    with gzip.open(trace) as f:
+      events = json.load(f)['traceEvents']
+  per_op: dict[str, float] = {}
+  for event in events:
+    if event.get('ph') == 'X' and event.get('name') in instructions:
+      per_op[event['name']] = per_op.get(event['name'], 0.0) + event['dur'] / 1e3 / steps
+  kinds: dict[str, dict] = {}
+  for op, ms in per_op.items():
+    kind = kinds.setdefault(re.sub(r'\.\d+$', '', op), {'count': 0, 'ms': 0.0})
+    kind['count'] += 1
+    kind['ms'] += ms
+  largest = sorted(per_op.items(), key=lambda item: -item[1])[:top]
+  return {'model': name, 'mode': mode, 'batch': batch, 'image_size': size, 'dtype': dtype,
+          'device': jax.devices()[0].device_kind, 'step_ms': step_seconds * 1e3,
+          'ops_ms': sum(per_op.values()),
+          'kinds': dict(sorted(kinds.items(), key=lambda item: -item[1]['ms'])),
+          'top': [{'op': op, 'ms': ms, 'shape': instructions[op][0], 'source': instructions[op][1]}
+                  for op, ms in largest]}
+
+
+def print_profile(row: dict) -> None:
+  step = row['step_ms']
+  print(f"# {row['model']} {row['mode']}, batch {row['batch']}, {row['image_size']}px, "
+        f"{row['dtype']}, {row['device']}: step {step:.1f} ms; the traced XLA instructions "
+        f"{row['ops_ms']:.1f} ms of it")
+  shown = {k: v for k, v in row['kinds'].items() if v['ms'] >= 0.1}
+  rest = [v for k, v in row['kinds'].items() if k not in shown]
+  if rest:
+    shown[f'({len(rest)} kinds under 0.1 ms)'] = {'count': sum(v['count'] for v in rest),
+                                                 'ms': sum(v['ms'] for v in rest)}
+  print_rows([{'kind': k, 'count': v['count'], 'ms': v['ms'], 'share': v['ms'] / step}
+              for k, v in shown.items()],
+             [('kind', 'instruction kind', str), ('count', 'per step', str),
+              ('ms', 'ms/step', lambda v: f'{v:.1f}'), ('share', '% of step',
+                                                        lambda v: f'{100 * v:.1f}')])
+  print('# the largest single instructions')
+  print_rows(row['top'], [('op', 'instruction', str), ('ms', 'ms/step', lambda v: f'{v:.1f}'),
+                          ('shape', 'result', str),
+                          ('source', 'JAX op', lambda v: v[-70:])])
 
 
 def print_rows(rows: list[dict], columns: list[tuple[str, str, Callable]]) -> None:
@@ -390,6 +493,8 @@ def main(argv=None) -> None:
   parser.add_argument('--rounds', type=int, default=5)
   parser.add_argument('--warmup', type=int, default=3)
   parser.add_argument('--json', action='store_true', help='one JSON object per line instead')
+  parser.add_argument('--profile', action='store_true',
+                      help='where our step spends its time, per XLA instruction kind (traced)')
   parser.add_argument('--images', default='', help='pipeline: a folder of JPEGs to read')
   parser.add_argument('--count', type=int, default=256, help='pipeline: images to time')
   parser.add_argument('--workers', type=int, default=0, help='pipeline: Grain worker processes')
@@ -417,6 +522,15 @@ def main(argv=None) -> None:
     missing = [n for n in names if not has_peer(n)]
     if missing:
       parser.error(f'--vs-torch: no torchvision/timm twin for {missing}')
+  if args.profile:
+    for name in names:
+      row = profile_row(name, batch=args.batch, image_size=args.image_size, dtype=args.dtype,
+                        mode=args.mode, steps=args.steps)
+      if args.json:
+        print(json.dumps(row), flush=True)
+      else:
+        print_profile(row)
+    return
   peak = peak_matmul_flops(jnp.bfloat16 if args.dtype == 'bfloat16' else jnp.float32)
   rows = []
   for name in names:

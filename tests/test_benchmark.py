@@ -57,6 +57,25 @@ def test_step_benchmark_json_has_the_documented_keys(capsys):
   assert row['peak_bytes'] > 4 * 61_706 and row['images_per_sec'] > 0 and 0 < row['mfu'] < 1
 
 
+def test_profile_sums_the_traced_instructions_of_the_step(capsys):
+  import json
+  benchmark.main(['--model', 'lenet5', '--batch', '8', '--mode', 'train', '--profile', '--json',
+                  '--steps', '3'])
+  row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  kinds, top = row['kinds'], row['top']
+  # The instructions are the compiled step's own; they account for most of a step (the rest is
+  # dispatch) and never for more than it.
+  assert 0.2 * row['step_ms'] < row['ops_ms'] < 1.5 * row['step_ms']
+  assert sum(k['ms'] for k in kinds.values()) == pytest.approx(row['ops_ms'])
+  assert all(not k[-1].isdigit() for k in kinds)  # 'ynn_fusion', not 'ynn_fusion.3'
+  assert [t['ms'] for t in top] == sorted((t['ms'] for t in top), reverse=True)
+  assert any('conv' in t['source'] for t in top)  # LeNet-5's convolutions are among the largest
+  benchmark.main(['--model', 'lenet5', '--batch', '8', '--mode', 'infer', '--profile',
+                  '--steps', '2'])
+  out = capsys.readouterr().out
+  assert 'instruction kind' in out and '% of step' in out and 'the largest single' in out
+
+
 def test_pipeline_benchmark_decodes_and_crops(capsys):
   benchmark.main(['--mode', 'pipeline', '--count', '8', '--workers', '1', '--json'])
   import json
