@@ -83,3 +83,31 @@ def test_pipeline_benchmark_decodes_and_crops(capsys):
   assert row['count'] == 8 and row['image_size'] == 224 and row['images_per_sec_per_core'] > 0
   assert 30 < row['mean_kb'] < 400  # Photo-sized JPEGs, not tiny ones.
   assert row['workers'] == 1 and row['images_per_sec_workers'] > 0
+
+
+def test_importing_the_package_turns_ynnpack_fusions_off_unless_xla_flags_chose(tmp_path):
+  # The measured XLA:CPU default (resnet_jax/__init__.py): convolutions through XLA's kernels.
+  import os
+  import subprocess
+  import sys
+  probe = ('import os, jax{}\n'
+           'def loss(x, w):\n'
+           '  dims = ("NHWC", "HWIO", "NHWC")\n'
+           '  y = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dims)\n'
+           '  return y.sum()\n'
+           'x, w = jax.numpy.ones((128, 32, 32, 16)), jax.numpy.ones((3, 3, 16, 16))\n'
+           'hlo = jax.jit(jax.grad(loss, (0, 1))).lower(x, w).compile().as_text()\n'
+           'print(os.environ["XLA_FLAGS"]); print("ynn_fusion" in hlo)\n')
+
+  def run(xla_flags, package=True):
+    env = {**os.environ, 'XLA_FLAGS': xla_flags, 'JAX_PLATFORMS': 'cpu'}
+    code = probe.format(', resnet_jax' if package else '')
+    out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True,
+                         check=True, cwd=tmp_path).stdout.split('\n')
+    return out[0], out[1] == 'True'
+
+  devices = '--xla_force_host_platform_device_count=2'
+  assert run(devices, package=False) == (devices, True)  # XLA's own default: YNNPACK fusions
+  assert run(devices) == (f'{devices} --xla_cpu_experimental_ynn_fusion_type=', False)
+  chosen = '--xla_cpu_experimental_ynn_fusion_type=individual_convolution'
+  assert run(chosen)[0] == chosen  # the user's own setting stays
