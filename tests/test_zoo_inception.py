@@ -61,11 +61,11 @@ def _outputs(name, twin, size, *, train, batch=2, **overrides):
   return ours, theirs
 
 
-def _assert_close(ours, theirs):
+def _assert_close(ours, theirs, rtol=1e-4):
   assert ours.shape == theirs.shape
   scale = np.abs(theirs).max()
   err = np.abs(ours - theirs).max()
-  assert err <= 1e-4 * scale, f'max |diff| {err:.3g}, max |logit| {scale:.3g}'
+  assert err <= rtol * scale, f'max |diff| {err:.3g}, max |logit| {scale:.3g}'
 
 
 # 79x79: the smallest side at which all four ceil_mode pools round up (40->20->10->5->3), so the
@@ -107,10 +107,12 @@ def test_inception_v3_aux_head_matches_torchvision_in_training():
   """Training mode (batch statistics, dropout off) at 299x299, the size the aux head needs.
 
   Batch 4: the head's last BN sees a 1x1 map, and over only 2 samples its batch variance is
-  ill-conditioned (relative differences of 2.5e-4 from float32 rounding alone).
+  ill-conditioned (relative differences of 2.5e-4 from float32 rounding alone). Over 4 it still
+  amplifies rounding: the aux logits differ by 1.7e-4 of their largest with XLA's own
+  convolutions, 0.6e-4 with YNNPACK's, so they get 3e-4; the main logits keep 1e-4.
   """
   twin = _twin(torchvision.models.inception_v3, aux_logits=True, dropout=0.0)
-  ours, theirs = _outputs('inception_v3', twin, 299, train=True, batch=4, aux_logits=True,
-                          dropout_rate=0.0)
-  for a, b in zip(ours, theirs):
-    _assert_close(a, b)
+  (logits, aux), (their_logits, their_aux) = _outputs(
+      'inception_v3', twin, 299, train=True, batch=4, aux_logits=True, dropout_rate=0.0)
+  _assert_close(logits, their_logits)
+  _assert_close(aux, their_aux, rtol=3e-4)
