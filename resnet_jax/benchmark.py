@@ -370,11 +370,11 @@ def print_profile(row: dict) -> None:
   if rest:
     shown[f'({len(rest)} kinds under 0.1 ms)'] = {'count': sum(v['count'] for v in rest),
                                                  'ms': sum(v['ms'] for v in rest)}
+  kind_columns = [('kind', 'instruction kind', str), ('count', 'per step', str),
+                  ('ms', 'ms/step', lambda v: f'{v:.1f}'),
+                  ('share', '% of step', lambda v: f'{100 * v:.1f}')]
   print_rows([{'kind': k, 'count': v['count'], 'ms': v['ms'], 'share': v['ms'] / step}
-              for k, v in shown.items()],
-             [('kind', 'instruction kind', str), ('count', 'per step', str),
-              ('ms', 'ms/step', lambda v: f'{v:.1f}'), ('share', '% of step',
-                                                        lambda v: f'{100 * v:.1f}')])
+              for k, v in shown.items()], kind_columns)
   print('# the largest single instructions')
   print_rows(row['top'], [('op', 'instruction', str), ('ms', 'ms/step', lambda v: f'{v:.1f}'),
                           ('shape', 'result', str),

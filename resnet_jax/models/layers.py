@@ -22,8 +22,8 @@ def relu(x: jax.Array) -> jax.Array:
   The form matters to XLA:CPU's fusion: a max with the constant 0 counts as a unary op, which it
   recomputes inside every consumer rather than reading once. In a ResNet the weight gradient of
   each convolution transposes its input, so each transpose recomputed the residual stream back to
-  the start of its stage (BatchNorm, shortcut add and ReLU of every earlier block): 0.3 s of a
-  0.72 s ResNet-20 step at batch 128 (docs/benchmarks.md). A select of two full-size operands is
+  the start of its stage (BatchNorm, shortcut add and ReLU of every earlier block): 0.36 s of a
+  0.82 s ResNet-20 step at batch 128 (docs/benchmarks.md). A select of two full-size operands is
   computed once and read, which takes those transposes to 0.07 s. Values and gradients are those
   of `nn.relu` (but for the gradient at NaN, which passes through).
   """
