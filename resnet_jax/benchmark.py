@@ -29,6 +29,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import glob
+import gzip
 import json
 import os
 import re
@@ -157,7 +159,7 @@ class Timed:
   sync: Callable[[object], None]
   flops: float = float('nan')
   peak_bytes: int = 0
-  hlo: str = ''  # the compiled program's text (ours only), for --profile
+  compiled: object = None  # our compiled program (jax.stages.Compiled), for --profile
 
 
 def _compiled_costs(compiled) -> tuple[float, int]:
@@ -188,8 +190,7 @@ def jax_step(name: str, batch: int, image_size: int, dtype: str, mode: str) -> T
     forward = jax.jit(functools.partial(model.apply, train=False, rngs={'fmp': key}))
     compiled = forward.lower(variables, x).compile()
     flops, peak = _compiled_costs(compiled)
-    return Timed(lambda: forward(variables, x), jax.block_until_ready, flops, peak,
-                 compiled.as_text())
+    return Timed(lambda: forward(variables, x), jax.block_until_ready, flops, peak, compiled)
   # torch.optim.SGD(lr, momentum=0.9, weight_decay=1e-4), the peer's optimizer.
   tx = optax.chain(optax.add_decayed_weights(1e-4), optax.sgd(0.01, momentum=0.9))
   parallel = train.DataParallel('shard_map', devices=jax.devices()[:1])
@@ -205,7 +206,7 @@ def jax_step(name: str, batch: int, image_size: int, dtype: str, mode: str) -> T
   def run():
     holder[0], metrics = step(holder[0], data, key)
     return metrics
-  return Timed(run, jax.block_until_ready, flops, peak, compiled.as_text())
+  return Timed(run, jax.block_until_ready, flops, peak, compiled)
 
 
 def torch_step(name: str, batch: int, image_size: int, dtype: str, mode: str,
@@ -328,12 +329,10 @@ def profile_row(name: str, *, batch: int, image_size: int | None, dtype: str, mo
   `ynn_fusion`, `transpose_copy_fusion`, ...) and the `top` single instructions with the JAX op
   each comes from. `step_ms` is the median of untraced steps; `ops_ms` what the traced
   instructions add up to per step (the rest is dispatch and waiting)."""
-  import glob
-  import gzip
   size = image_size or model_spec(name)['input_size']
   timed = jax_step(name, batch, size, dtype, mode)
   step_seconds = time_alternating({'jax': timed}, 1, max(steps, 3), warmup=2)['jax']
-  instructions = _hlo_instructions(timed.hlo)
+  instructions = _hlo_instructions(timed.compiled.as_text())
   with tempfile.TemporaryDirectory() as logdir:
     with jax.profiler.trace(logdir, create_perfetto_trace=True):
       for _ in range(steps):
