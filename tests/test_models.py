@@ -288,3 +288,84 @@ def test_weight_gradient_transposes_read_stored_activations():
   assert bodies, 'no activation transposes found: the weight-gradient lowering changed'
   for name, params in bodies.items():
     assert params.count('f32[8,') <= 1, f'{name} recomputes activations: {params[:300]}'
+
+
+def _batch_norm_loss(module, variables, x, weights):
+  """A loss that reaches x both through the normalised output and, squared, through its scale."""
+  y, state = module.apply(variables, x, mutable=['batch_stats'])
+  y = y.astype(jnp.float32)
+  return jnp.sum(y * weights) + 0.1 * jnp.sum(y[:1] ** 2), state
+
+
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+def test_batch_norm_matches_flax(dtype):
+  """layers.BatchNorm (one-pass statistics, closed-form gradient) gives flax's BatchNorm values,
+  running statistics and gradients, in training and in evaluation."""
+  x = jax.random.normal(_key(4), (16, 6, 6, 12)) * 3.0 + 1.5
+  weights = jax.random.normal(_key(5), x.shape)
+  settings = dict(momentum=0.9, epsilon=1e-5, dtype=dtype, param_dtype=jnp.float32)
+  ours, flax_bn = layers.BatchNorm(**settings), nn.BatchNorm(**settings)
+  variables = flax_bn.init(RNGS, x, use_running_average=False)
+  variables = jax.tree_util.tree_map(  # scales, offsets and statistics away from 1 and 0
+      lambda v: v + jax.random.uniform(_key(6), v.shape, minval=0.2, maxval=0.8), variables)
+  assert (jax.tree_util.tree_structure(ours.init(RNGS, x, use_running_average=False))
+          == jax.tree_util.tree_structure(variables))
+  grads = {}
+  for name, module in (('ours', ours), ('flax', flax_bn)):
+    loss = functools.partial(_batch_norm_loss, module.clone(use_running_average=False))
+    (value, state), (d_vars, d_x) = jax.jit(jax.value_and_grad(loss, (0, 1), has_aux=True))(
+        variables, x.astype(dtype), weights)
+    grads[name] = (value, state, d_vars['params'], d_x.astype(jnp.float32))
+  tolerance = 1e-5 if dtype == jnp.float32 else 1e-2  # bf16: x and its gradient round to 8 bits
+  for got, want in zip(tree_leaves(grads['ours']), tree_leaves(grads['flax'])):
+    np.testing.assert_allclose(got, want, rtol=tolerance, atol=tolerance * np.abs(want).max())
+  evaluate = functools.partial(jax.jit(lambda m, v, x: m.apply(v, x), static_argnums=0))
+  got = evaluate(ours.clone(use_running_average=True), variables, x.astype(dtype))
+  assert got.dtype == dtype
+  np.testing.assert_array_equal(
+      got, evaluate(flax_bn.clone(use_running_average=True), variables, x.astype(dtype)))
+
+
+def test_sync_batch_norm_gradients_match_flax():
+  """Under shard_map with axis_name, the gradient of x sums over every device's batch, as
+  autodiff of flax's pmean does, and each device's parameter gradient is its own."""
+  n = jax.device_count()
+  mesh = jax.make_mesh((n,), ('batch',))
+  x = jax.random.normal(_key(7), (2 * n, 4, 4, 6)) * 2.0 - 1.0
+  weights = jax.random.normal(_key(8), x.shape)
+  settings = dict(axis_name='batch', use_running_average=False)
+  variables = nn.BatchNorm(**settings).init(RNGS, x)
+  results = []
+  for module in (layers.BatchNorm(**settings), nn.BatchNorm(**settings)):
+    def per_device(v, xb, wb, module=module):
+      loss = functools.partial(_batch_norm_loss, module)
+      (value, state), grads = jax.value_and_grad(loss, (0, 1), has_aux=True)(v, xb, wb)
+      return jax.lax.psum(value, 'batch'), state, grads[0]['params'], grads[1]
+    step = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P('batch'), P('batch')),
+                         out_specs=(P(), P(), P('batch'), P('batch')), check_vma=False)
+    shard = functools.partial(jax.device_put, device=NamedSharding(mesh, P('batch')))
+    results.append(jax.jit(step)(variables, shard(x), shard(weights)))
+  for got, want in zip(tree_leaves(results[0]), tree_leaves(results[1])):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+def test_training_step_has_no_reduce_window():
+  """BatchNorm's sums reach XLA:CPU as variadic reductions, which it does not rewrite into a
+  reduce-window of a materialised operand (its precision rewrite of a plain sum): in a ResNet-20
+  gradient no reduce-window reads an activation, and each BatchNorm has one per-image reduction
+  fusion forward (sum x, sum x^2) and one backward (sum g, sum g x_hat)."""
+  model = create_model('cifar_resnet20', num_classes=10)
+  x = jnp.ones((8, 32, 32, 3))
+  variables = jax.eval_shape(lambda: model.init(RNGS, x, train=False))
+
+  def loss(params, batch_stats):
+    logits, _ = model.apply({'params': params, 'batch_stats': batch_stats}, x, train=True,
+                            mutable=['batch_stats'])
+    return logits.sum()
+
+  hlo = jax.jit(jax.grad(loss)).lower(variables['params'],
+                                      variables['batch_stats']).compile().as_text()
+  activation_windows = re.findall(r'\n%\S*reduce-window\S* \(\w[^:]*: f32\[8,\d+,\d+,\d+\]', hlo)
+  assert not activation_windows, activation_windows
+  per_image_sums = re.findall(r'\) -> \(f32\[8,\d+\], f32\[8,\d+\]\) \{', hlo)
+  assert len(per_image_sums) == 2 * 19, len(per_image_sums)  # 19 BatchNorms
