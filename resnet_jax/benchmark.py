@@ -3,6 +3,7 @@
   python -m resnet_jax.benchmark --model cifar_resnet20 [--batch 128] [--image-size 32]
       [--dtype float32|bfloat16] [--mode train|infer] [--vs-torch] [--json]
   python -m resnet_jax.benchmark --model cifar_resnet20 --profile [--steps 3]
+  python -m resnet_jax.benchmark --model cifar_resnet20 --convs [--vs-torch]
   python -m resnet_jax.benchmark --all --mode infer --batch 1      (every registered model)
   python -m resnet_jax.benchmark --mode pipeline [--images DIR] [--workers N]
   python -m resnet_jax.benchmark --zoo [--models resnet50,vgg16] [--markdown]
@@ -21,6 +22,11 @@ last, and times it in the same rounds, alternating with ours, so both see the sa
 `--profile` traces a few of our steps with `jax.profiler` and prints where the step's time goes:
 the compiled program's instructions summed by kind (convolutions, transposes, fusions of
 elementwise ops...), and the largest single ones with the JAX op each was lowered from.
+
+`--convs` times each distinct convolution of the model on its own (forward, input gradient,
+weight gradient; with `--vs-torch` torch's as well, alternating), and what one training step
+spends in them: on XLA:CPU the convolutions run on the thread pool outside the trace that
+`--profile` reads.
 
 `--zoo` prints forward FLOPs at batch 1 and the registered input size for the README's table.
 """
@@ -364,6 +370,9 @@ def print_profile(row: dict) -> None:
   print(f"# {row['model']} {row['mode']}, batch {row['batch']}, {row['image_size']}px, "
         f"{row['dtype']}, {row['device']}: step {step:.1f} ms; the traced XLA instructions "
         f"{row['ops_ms']:.1f} ms of it")
+  if row['device'] == 'cpu':
+    print('# (XLA:CPU runs a large convolution on its thread pool, outside the trace, where '
+          'little more than its launch shows: --convs times each one)')
   shown = {k: v for k, v in row['kinds'].items() if v['ms'] >= 0.1}
   rest = [v for k, v in row['kinds'].items() if k not in shown]
   if rest:
@@ -400,6 +409,141 @@ STEP_COLUMNS = [
     ('torch_images_per_sec', 'torch img/s', lambda v: f'{v:.0f}'),
     ('vs_torch', 'x torch', lambda v: f'{v:.2f}'),
 ]
+
+
+# ---------------------------------------------------------------------------------------------
+# The convolutions of a model, one by one.
+
+
+def _convolutions(jaxpr, times: int = 1):
+  """(equation, times applied) for every convolution in `jaxpr` and the jaxprs inside it."""
+  from jax.extend.core import jaxprs_in_params
+  for eqn in jaxpr.eqns:
+    if eqn.primitive is jax.lax.conv_general_dilated_p:
+      yield eqn, times
+    inner = times * eqn.params['length'] if eqn.primitive.name == 'scan' else times
+    for sub in jaxprs_in_params(eqn.params):
+      yield from _convolutions(sub, inner)
+
+
+def model_convolutions(name: str, batch: int, image_size: int, dtype: str) -> list[dict]:
+  """Each distinct convolution of the training-mode forward pass of `name`: its operands'
+  shapes and dtype, the primitive's parameters, and how many times one step applies it."""
+  spec = model_spec(name)
+  compute = jnp.bfloat16 if dtype == 'bfloat16' else jnp.float32
+  model = create_model(name, num_classes=spec['num_classes'], dtype=compute)
+  x = jax.ShapeDtypeStruct((batch, image_size, image_size, spec['in_channels']), compute)
+  key = jax.random.key(0)
+  rngs = {'params': key, 'dropout': key, 'drop_path': key, 'fmp': key}
+  variables = jax.eval_shape(functools.partial(model.init, train=False), rngs, x)
+  apply = functools.partial(model.apply, train=True, mutable=['batch_stats'], rngs=rngs)
+  found: dict[tuple, dict] = {}
+  for eqn, times in _convolutions(jax.make_jaxpr(apply)(variables, x).jaxpr):
+    lhs, rhs = (v.aval for v in eqn.invars)
+    signature = (lhs.shape, rhs.shape, str(lhs.dtype), repr(sorted(eqn.params.items())))
+    entry = found.setdefault(signature, {'lhs': lhs, 'rhs': rhs, 'params': eqn.params,
+                                         'count': 0, 'input_grad': lhs.shape != x.shape})
+    entry['count'] += times
+  return list(found.values())
+
+
+def _torch_convolution(conv: dict, out_shape) -> dict[str, Callable] | None:
+  """torch's forward, input-gradient and weight-gradient of `conv`, channels-last, or None where
+  it has no torch equivalent (not 2-D NHWC/HWIO, input dilation, uneven padding)."""
+  import torch
+  params = conv['params']
+  numbers = params['dimension_numbers']
+  padding = params['padding']
+  if (numbers.lhs_spec != (0, 3, 1, 2) or numbers.rhs_spec != (3, 2, 0, 1)
+      or any(d != 1 for d in params['lhs_dilation']) or params['batch_group_count'] != 1
+      or any(lo != hi for lo, hi in padding)):
+    return None
+  dtype = torch.bfloat16 if conv['lhs'].dtype == jnp.bfloat16 else torch.float32
+  n, h, w, c = conv['lhs'].shape
+  kh, kw, cin, cout = conv['rhs'].shape
+  last = torch.channels_last
+  x = torch.randn(n, c, h, w, dtype=dtype).contiguous(memory_format=last)
+  weight = torch.randn(cout, cin, kh, kw, dtype=dtype).contiguous(memory_format=last)
+  grad = torch.randn(out_shape[0], out_shape[3], out_shape[1], out_shape[2],
+                     dtype=dtype).contiguous(memory_format=last)
+  geometry = dict(stride=tuple(params['window_strides']), padding=tuple(p for p, _ in padding),
+                  dilation=tuple(params['rhs_dilation']), groups=params['feature_group_count'])
+
+  def backward(mask):
+    return lambda: torch.ops.aten.convolution_backward(
+        grad, x, weight, None, geometry['stride'], geometry['padding'], geometry['dilation'],
+        False, (0, 0), geometry['groups'], mask)
+
+  def forward():
+    with torch.no_grad():
+      return torch.nn.functional.conv2d(x, weight, **geometry)
+  return {'fwd': forward, 'dx': backward((True, False, False)),
+          'dw': backward((False, True, False))}
+
+
+def convolution_rows(name: str, *, batch: int, image_size: int | None, dtype: str,
+                     vs_torch: bool, steps: int, rounds: int, warmup: int) -> list[dict]:
+  """Milliseconds of each distinct convolution of `name` alone: forward, input gradient (`dx`)
+  and weight gradient (`dw`), ours compiled by XLA and, with `vs_torch`, torch's (oneDNN on
+  CPU), timed alternating. XLA:CPU runs convolutions on its thread pool outside the profiler's
+  trace, so this is where `--profile` cannot see."""
+  size = image_size or model_spec(name)['input_size']
+  rows = []
+  for conv in model_convolutions(name, batch, size, dtype):
+    lhs, rhs = conv['lhs'], conv['rhs']
+    bind = functools.partial(jax.lax.conv_general_dilated_p.bind, **conv['params'])
+    rng = np.random.default_rng(0)
+    x, w = (jnp.asarray(rng.standard_normal(a.shape), a.dtype) for a in (lhs, rhs))
+    forward = jax.jit(bind)
+    out = forward(x, w)
+    g = jnp.asarray(rng.standard_normal(out.shape), out.dtype)
+    input_grad = jax.jit(lambda x, w, g: jax.vjp(lambda x: bind(x, w), x)[1](g)[0])
+    weight_grad = jax.jit(lambda x, w, g: jax.vjp(lambda w: bind(x, w), w)[1](g)[0])
+    timed = {'fwd': Timed(lambda: forward(x, w), jax.block_until_ready),
+             'dx': Timed(lambda: input_grad(x, w, g), jax.block_until_ready),
+             'dw': Timed(lambda: weight_grad(x, w, g), jax.block_until_ready)}
+    theirs = _torch_convolution(conv, out.shape) if vs_torch else None
+    for kind, run in (theirs or {}).items():
+      timed[f'torch_{kind}'] = Timed(run, lambda _: None)
+    seconds = time_alternating(timed, steps, rounds, warmup)
+    groups = conv['params']['feature_group_count']
+    row = {'model': name, 'batch': batch, 'dtype': dtype, 'count': conv['count'],
+           'input': 'x'.join(map(str, lhs.shape)),
+           'kernel': f'{rhs.shape[0]}x{rhs.shape[1]}/{conv["params"]["window_strides"][0]}',
+           'channels': f'{lhs.shape[-1]}->{rhs.shape[-1]}' + (f' g{groups}' if groups > 1 else ''),
+           'gflop': 2 * out.size * int(np.prod(rhs.shape[:-1])) / 1e9,
+           'input_grad': conv['input_grad'],
+           **{f'{k}_ms': v * 1e3 for k, v in seconds.items()}}
+    ours = sum(row[f'{k}_ms'] for k in ('fwd', 'dx', 'dw') if k != 'dx' or row['input_grad'])
+    if theirs:
+      row['vs_torch'] = sum(row[f'torch_{k}_ms'] for k in ('fwd', 'dx', 'dw')
+                            if k != 'dx' or row['input_grad']) / ours
+    rows.append(row)
+  return rows
+
+
+CONV_COLUMNS = [
+    ('count', 'count', str), ('input', 'input NHWC', str), ('kernel', 'kernel/stride', str),
+    ('channels', 'channels', str), ('gflop', 'GFLOP', lambda v: f'{v:.3f}'),
+    *[(f'{k}_ms', f'{k} ms', lambda v: f'{v:.2f}') for k in ('fwd', 'dx', 'dw')],
+    *[(f'torch_{k}_ms', f'torch {k}', lambda v: f'{v:.2f}') for k in ('fwd', 'dx', 'dw')],
+    ('vs_torch', 'x torch', lambda v: f'{v:.2f}'),
+]
+
+
+def print_convolutions(rows: list[dict]) -> None:
+  """The table, and what one training step spends in them (dx only where autodiff needs it:
+  not for a convolution of the input images)."""
+  print_rows(rows, CONV_COLUMNS)
+
+  def per_step(prefix):
+    return sum(r['count'] * sum(r[f'{prefix}{k}_ms'] for k in ('fwd', 'dx', 'dw')
+                                if k != 'dx' or r['input_grad']) for r in rows)
+  line = (f"# {rows[0]['model']}, batch {rows[0]['batch']}, {rows[0]['dtype']}: one training "
+          f"step's convolutions {per_step(''):.1f} ms")
+  if all('torch_fwd_ms' in r for r in rows):
+    line += f", torch's {per_step('torch_'):.1f} ms"
+  print(line)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -494,6 +638,9 @@ def main(argv=None) -> None:
   parser.add_argument('--json', action='store_true', help='one JSON object per line instead')
   parser.add_argument('--profile', action='store_true',
                       help='where our step spends its time, per XLA instruction kind (traced)')
+  parser.add_argument('--convs', action='store_true',
+                      help="each distinct convolution of the model alone: forward, input and "
+                           "weight gradient (with --vs-torch, torch's too)")
   parser.add_argument('--images', default='', help='pipeline: a folder of JPEGs to read')
   parser.add_argument('--count', type=int, default=256, help='pipeline: images to time')
   parser.add_argument('--workers', type=int, default=0, help='pipeline: Grain worker processes')
@@ -521,6 +668,13 @@ def main(argv=None) -> None:
     missing = [n for n in names if not has_peer(n)]
     if missing:
       parser.error(f'--vs-torch: no torchvision/timm twin for {missing}')
+  if args.convs:
+    for name in names:
+      rows = convolution_rows(name, batch=args.batch, image_size=args.image_size,
+                              dtype=args.dtype, vs_torch=args.vs_torch, steps=args.steps,
+                              rounds=args.rounds, warmup=args.warmup)
+      _emit(rows, None, True) if args.json else print_convolutions(rows)
+    return
   if args.profile:
     for name in names:
       row = profile_row(name, batch=args.batch, image_size=args.image_size, dtype=args.dtype,

@@ -76,6 +76,30 @@ def test_profile_sums_the_traced_instructions_of_the_step(capsys):
   assert 'instruction kind' in out and '% of step' in out and 'the largest single' in out
 
 
+def test_convs_lists_each_distinct_convolution_of_the_model(capsys):
+  import json
+  benchmark.main(['--model', 'cifar_resnet20', '--batch', '2', '--convs', '--vs-torch', '--json',
+                  '--steps', '1', '--rounds', '1', '--warmup', '1'])
+  rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+  # He et al. 2015, Sec. 4.2: the 3->16 stem, 3 stages of 2n = 6 3x3 convolutions at 16/32/64
+  # filters, the first of stages 2 and 3 with stride 2 (option A shortcuts: no projection).
+  layers = {(r['input'], r['kernel'], r['channels']): r['count'] for r in rows}
+  assert layers == {('2x32x32x3', '3x3/1', '3->16'): 1, ('2x32x32x16', '3x3/1', '16->16'): 6,
+                    ('2x32x32x16', '3x3/2', '16->32'): 1, ('2x16x16x32', '3x3/1', '32->32'): 5,
+                    ('2x16x16x32', '3x3/2', '32->64'): 1, ('2x8x8x64', '3x3/1', '64->64'): 5}
+  assert [r['input_grad'] for r in rows] == [False] + [True] * 5  # none for the images
+  stage1 = rows[1]
+  assert stage1['gflop'] == pytest.approx(2 * 2 * 32 * 32 * 9 * 16 * 16 / 1e9)
+  for row in rows:
+    assert all(row[f'{who}{k}_ms'] > 0 for who in ('', 'torch_') for k in ('fwd', 'dx', 'dw'))
+    assert row['vs_torch'] > 0
+  benchmark.main(['--model', 'lenet5', '--batch', '2', '--convs', '--steps', '1', '--rounds', '1',
+                  '--warmup', '1'])
+  out = capsys.readouterr().out
+  assert 'kernel/stride' in out
+  assert "lenet5, batch 2, float32: one training step's convolutions" in out
+
+
 def test_pipeline_benchmark_decodes_and_crops(capsys):
   benchmark.main(['--mode', 'pipeline', '--count', '8', '--workers', '1', '--json'])
   import json
