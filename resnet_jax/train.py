@@ -525,6 +525,22 @@ def restore_checkpoint(checkpointer: Checkpointer, state, data_iterator=None):
                      'wrote the checkpoint)') from e
 
 
+def _summary_writer_class():
+  """tensorboardX's SummaryWriter, imported without torch: tensorboardX imports torch whenever
+  it is installed, only to accept torch tensors, which cost the main job 350-400 MiB of resident
+  memory and a second (docs/benchmarks.md). Our scalars are Python floats."""
+  import sys
+  if 'tensorboardX' in sys.modules or 'torch' in sys.modules:
+    from tensorboardX import SummaryWriter
+    return SummaryWriter
+  sys.modules['torch'] = None  # `import torch` raises ImportError: tensorboardX's fallback
+  try:
+    from tensorboardX import SummaryWriter
+  finally:
+    del sys.modules['torch']
+  return SummaryWriter
+
+
 class MetricWriter:
   """TensorBoard event files (tensorboardX: no TensorFlow needed), written by process 0 only,
   and, for a local workdir, the same scalars as `metrics.jsonl` lines ({"step": ..., name: value})
@@ -533,7 +549,7 @@ class MetricWriter:
   def __init__(self, workdir: str):
     self.writer = self.lines = None
     if jax.process_index() == 0:
-      from tensorboardX import SummaryWriter
+      SummaryWriter = _summary_writer_class()
       self.writer = SummaryWriter(logdir=workdir)
       if '://' not in workdir:  # Buckets cannot be appended to; TensorBoard has it all there.
         self.lines = open(os.path.join(workdir, 'metrics.jsonl'), 'a')

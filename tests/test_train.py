@@ -177,6 +177,28 @@ def test_short_run_on_real_mnist_pngs_learns(mnist_folder, tmp_path):
   assert any(name.startswith('events.out.tfevents') for name in os.listdir(tmp_path))
 
 
+def test_metric_writer_leaves_torch_unimported(tmp_path):
+  """tensorboardX imports torch when it is installed (350-400 MiB the job never uses); the
+  writer keeps it out, writes its event file, and leaves torch importable afterwards."""
+  import subprocess
+  import sys
+  pytest.importorskip('torch')
+  script = (
+      'import sys\n'
+      'from resnet_jax import train\n'
+      f'writer = train.MetricWriter({str(tmp_path)!r})\n'
+      'writer.write(1, {"loss": 0.5})\n'
+      'writer.close()\n'
+      'print("torch" in sys.modules)\n'
+      'import torch\n'
+      'print(torch.ones(2).sum().item())\n')
+  done = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert done.stdout.split() == ['False', '2.0']
+  assert any(name.startswith('events.out.tfevents') for name in os.listdir(tmp_path))
+  assert train.read_metrics(str(tmp_path)) == {1: {'loss': 0.5}}
+
+
 def test_command_line_trains_then_evaluates_the_latest_checkpoint(tmp_path):
   workdir = str(tmp_path / 'run')
   done = run_main(f'--workdir={workdir}', '--config.num_epochs=3', '--config.eval_every_epochs=3')
