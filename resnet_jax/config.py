@@ -38,7 +38,8 @@ def base_config() -> ml_collections.ConfigDict:
   # The models' kernel_init: layers.KERNEL_INITS name or 'normal:STD'; 'xavier_normal' (Glorot &
   # Bengio 2010), 'kaiming_in' (He et al. 2015b, Sec. 2.2). Unset with act=selu: 'lecun'.
   c.model.init = config_dict.placeholder(str)
-  c.model.norm = config_dict.placeholder(str)  # 'batch' (Ioffe & Szegedy 2015) | 'none'
+  # 'batch' (Ioffe & Szegedy 2015; layers.BatchNorm) | 'flax_batch' (forward-mode AD) | 'none'
+  c.model.norm = config_dict.placeholder(str)
   c.model.zero_init_residual = config_dict.placeholder(bool)
   c.model.dropout_rate = config_dict.placeholder(float)
   # LeNet-5's F6 + output, ResNet's head: per-example weight masks (Wan et al. 2013, Sec. 2-3).

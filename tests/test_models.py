@@ -369,3 +369,38 @@ def test_training_step_has_no_reduce_window():
   assert not activation_windows, activation_windows
   per_image_sums = re.findall(r'\) -> \(f32\[8,\d+\], f32\[8,\d+\]\) \{', hlo)
   assert len(per_image_sums) == 2 * 19, len(per_image_sums)  # 19 BatchNorms
+
+
+def test_hessian_products_through_training_mode_batch_norm():
+  """Hessian-vector products of a training-mode loss through layers.BatchNorm, as grad-of-grad
+  and as jvp-of-grad (custom_vjp's forward and backward rules are plain, differentiable JAX),
+  equal jvp-of-grad through flax's own BatchNorm (norm='flax_batch', same variables). Forward
+  mode of the loss itself needs 'flax_batch': a custom_vjp has no jvp of its own."""
+  kwargs = dict(stage_sizes=(1, 1), widths=(4, 8), stem='cifar', num_classes=3)
+  x = jax.random.normal(_key(9), (6, 8, 8, 3))
+  variables = jax.jit(functools.partial(ResNet(**kwargs).init, train=False))(RNGS, x)
+  params, batch_stats = variables['params'], variables['batch_stats']
+  direction = jax.tree_util.tree_map(lambda p: jax.random.normal(_key(10), p.shape), params)
+
+  def loss(norm):
+    model = ResNet(**kwargs, norm=norm)
+
+    def f(p):
+      logits, _ = model.apply({'params': p, 'batch_stats': batch_stats}, x, train=True,
+                              mutable=['batch_stats'])
+      return jnp.sum(jax.nn.log_softmax(logits)[:, 0])
+    return f
+
+  def grad_dot(p):
+    return jax.tree_util.tree_reduce(
+        jnp.add, jax.tree_util.tree_map(jnp.vdot, jax.grad(loss('batch'))(p), direction))
+
+  def jvp_of_grad(norm):
+    return jax.jit(lambda p: jax.jvp(jax.grad(loss(norm)), (p,), (direction,))[1])(params)
+  want = jvp_of_grad('flax_batch')
+  for hvp in (jax.jit(jax.grad(grad_dot))(params), jvp_of_grad('batch')):
+    for got, expected in zip(tree_leaves(hvp), tree_leaves(want)):
+      np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-4 * np.abs(expected).max())
+  jax.jvp(loss('flax_batch'), (params,), (direction,))
+  with pytest.raises(TypeError, match='forward-mode'):
+    jax.jvp(loss('batch'), (params,), (direction,))

@@ -97,7 +97,9 @@ PARAMETRIC_KERNEL_INITS: dict[str, tuple[str, Callable[[float], Initializer]]] =
   'normal': ('STD', _normal),
 }
 
-NORMS = ('batch', 'none')
+# 'batch': layers.BatchNorm; 'flax_batch': flax.linen.BatchNorm itself (the same values and
+# variables, differentiated by JAX's autodiff, so forward mode too: jax.jvp, jax.jacfwd).
+NORMS = ('batch', 'flax_batch', 'none')
 
 
 def _lookup(
@@ -221,7 +223,11 @@ class BatchNorm(nn.BatchNorm):
   statistics and gradient from `batch_norm_train`: one pass over the data for the statistics and
   one for the gradient's sums, where XLA:CPU made each of the four a separate reduce-window of a
   materialised operand: the ResNet-20 and ResNet-18 training steps on 2 CPU cores ran 1.24x as
-  fast (docs/benchmarks.md). Evaluation mode is flax's arithmetic, to the bit."""
+  fast (docs/benchmarks.md). Evaluation mode is flax's arithmetic, to the bit.
+
+  Its rules are plain JAX, so grad-of-grad and jvp-of-grad (Hessian products) go through; a
+  custom_vjp has no forward mode of its own, so jax.jvp / jacfwd of a training-mode output needs
+  norm='flax_batch' (flax's BatchNorm, the same variables)."""
 
   @nn.compact
   def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
@@ -267,8 +273,8 @@ def make_norm(
   `momentum` follows the flax convention (0.9 here equals PyTorch's momentum=0.1). Parameters
   and running statistics are float32 whatever `dtype` (the computation dtype) is.
   """
-  if norm == 'batch':
-    return BatchNorm(
+  if norm in ('batch', 'flax_batch'):
+    return (BatchNorm if norm == 'batch' else nn.BatchNorm)(
         use_running_average=not train,
         axis_name=axis_name,
         momentum=momentum,
