@@ -49,6 +49,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.extend.core import jaxprs_in_params
 
 from resnet_jax.models import count_params, create_model, list_models, model_spec
 
@@ -417,7 +418,6 @@ STEP_COLUMNS = [
 
 def _convolutions(jaxpr, times: int = 1):
   """(equation, times applied) for every convolution in `jaxpr` and the jaxprs inside it."""
-  from jax.extend.core import jaxprs_in_params
   for eqn in jaxpr.eqns:
     if eqn.primitive is jax.lax.conv_general_dilated_p:
       yield eqn, times

@@ -12,6 +12,7 @@ import functools
 import json
 import os
 import signal
+import sys
 import threading
 import time
 from typing import Any, Callable, Sequence
@@ -529,7 +530,6 @@ def _summary_writer_class():
   """tensorboardX's SummaryWriter, imported without torch: tensorboardX imports torch whenever
   it is installed, only to accept torch tensors, which cost the main job 350-400 MiB of resident
   memory and a second (docs/benchmarks.md). Our scalars are Python floats."""
-  import sys
   if 'tensorboardX' in sys.modules or 'torch' in sys.modules:
     from tensorboardX import SummaryWriter
     return SummaryWriter

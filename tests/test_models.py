@@ -267,10 +267,9 @@ def test_relu_is_nn_relu_in_value_and_gradient():
   assert layers.get_activation('relu') is layers.relu
 
 
-def test_weight_gradient_transposes_read_stored_activations():
-  """The form of `layers.relu` keeps XLA:CPU from recomputing the residual stream inside the
-  transposes of the weight gradients (a third of a ResNet-20 step with `nn.relu`): each transpose
-  of a 4-D activation in the compiled gradient reads one stored array."""
+@functools.cache
+def _compiled_resnet20_gradient() -> str:
+  """The compiled HLO text of a training-mode ResNet-20 gradient at batch 8."""
   model = create_model('cifar_resnet20', num_classes=10)
   x = jnp.ones((8, 32, 32, 3))
   variables = jax.eval_shape(lambda: model.init(RNGS, x, train=False))
@@ -280,8 +279,15 @@ def test_weight_gradient_transposes_read_stored_activations():
                             mutable=['batch_stats'])
     return logits.sum()
 
-  hlo = jax.jit(jax.grad(loss)).lower(variables['params'],
-                                      variables['batch_stats']).compile().as_text()
+  return jax.jit(jax.grad(loss)).lower(variables['params'],
+                                       variables['batch_stats']).compile().as_text()
+
+
+def test_weight_gradient_transposes_read_stored_activations():
+  """The form of `layers.relu` keeps XLA:CPU from recomputing the residual stream inside the
+  transposes of the weight gradients (a third of a ResNet-20 step with `nn.relu`): each transpose
+  of a 4-D activation in the compiled gradient reads one stored array."""
+  hlo = _compiled_resnet20_gradient()
   # Fused computations whose root transposes an activation (N, H, W, C) -> (C, H, W, N).
   transposes = re.finditer(r'\n(%\S+) \(([^\n]*)\) -> f32\[\d+,\d+,\d+,8\]', hlo)
   bodies = {m.group(1): m.group(2) for m in transposes}
@@ -354,17 +360,7 @@ def test_training_step_has_no_reduce_window():
   reduce-window of a materialised operand (its precision rewrite of a plain sum): in a ResNet-20
   gradient no reduce-window reads an activation, and each BatchNorm has one per-image reduction
   fusion forward (sum x, sum x^2) and one backward (sum g, sum g x_hat)."""
-  model = create_model('cifar_resnet20', num_classes=10)
-  x = jnp.ones((8, 32, 32, 3))
-  variables = jax.eval_shape(lambda: model.init(RNGS, x, train=False))
-
-  def loss(params, batch_stats):
-    logits, _ = model.apply({'params': params, 'batch_stats': batch_stats}, x, train=True,
-                            mutable=['batch_stats'])
-    return logits.sum()
-
-  hlo = jax.jit(jax.grad(loss)).lower(variables['params'],
-                                      variables['batch_stats']).compile().as_text()
+  hlo = _compiled_resnet20_gradient()
   activation_windows = re.findall(r'\n%\S*reduce-window\S* \(\w[^:]*: f32\[8,\d+,\d+,\d+\]', hlo)
   assert not activation_windows, activation_windows
   per_image_sums = re.findall(r'\) -> \(f32\[8,\d+\], f32\[8,\d+\]\) \{', hlo)
