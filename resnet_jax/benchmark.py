@@ -448,8 +448,9 @@ def model_convolutions(name: str, batch: int, image_size: int, dtype: str) -> li
 
 
 def _torch_convolution(conv: dict, out_shape) -> dict[str, Callable] | None:
-  """torch's forward, input-gradient and weight-gradient of `conv`, channels-last, or None where
-  it has no torch equivalent (not 2-D NHWC/HWIO, input dilation, uneven padding)."""
+  """torch's forward, input-gradient and weight-gradient of `conv`, channels-last, on the GPU
+  when torch has one, and 'sync' to wait for them; None where it has no torch equivalent (not
+  2-D NHWC/HWIO, input dilation, uneven padding)."""
   import torch
   params = conv['params']
   numbers = params['dimension_numbers']
@@ -461,11 +462,13 @@ def _torch_convolution(conv: dict, out_shape) -> dict[str, Callable] | None:
   dtype = torch.bfloat16 if conv['lhs'].dtype == jnp.bfloat16 else torch.float32
   n, h, w, c = conv['lhs'].shape
   kh, kw, cin, cout = conv['rhs'].shape
-  last = torch.channels_last
-  x = torch.randn(n, c, h, w, dtype=dtype).contiguous(memory_format=last)
-  weight = torch.randn(cout, cin, kh, kw, dtype=dtype).contiguous(memory_format=last)
-  grad = torch.randn(out_shape[0], out_shape[3], out_shape[1], out_shape[2],
-                     dtype=dtype).contiguous(memory_format=last)
+  device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+
+  def tensor(*shape):
+    return torch.randn(*shape, dtype=dtype, device=device).contiguous(
+        memory_format=torch.channels_last)
+  x, weight = tensor(n, c, h, w), tensor(cout, cin, kh, kw)
+  grad = tensor(out_shape[0], out_shape[3], out_shape[1], out_shape[2])
   geometry = dict(stride=tuple(params['window_strides']), padding=tuple(p for p, _ in padding),
                   dilation=tuple(params['rhs_dilation']), groups=params['feature_group_count'])
 
@@ -478,7 +481,8 @@ def _torch_convolution(conv: dict, out_shape) -> dict[str, Callable] | None:
     with torch.no_grad():
       return torch.nn.functional.conv2d(x, weight, **geometry)
   return {'fwd': forward, 'dx': backward((True, False, False)),
-          'dw': backward((False, True, False))}
+          'dw': backward((False, True, False)),
+          'sync': torch.cuda.synchronize if device.type == 'cuda' else lambda: None}
 
 
 def convolution_rows(name: str, *, batch: int, image_size: int | None, dtype: str,
@@ -503,8 +507,10 @@ def convolution_rows(name: str, *, batch: int, image_size: int | None, dtype: st
              'dx': Timed(lambda: input_grad(x, w, g), jax.block_until_ready),
              'dw': Timed(lambda: weight_grad(x, w, g), jax.block_until_ready)}
     theirs = _torch_convolution(conv, out.shape) if vs_torch else None
-    for kind, run in (theirs or {}).items():
-      timed[f'torch_{kind}'] = Timed(run, lambda _: None)
+    if theirs:
+      sync = theirs.pop('sync')
+      for kind, run in theirs.items():
+        timed[f'torch_{kind}'] = Timed(run, lambda _, sync=sync: sync())
     seconds = time_alternating(timed, steps, rounds, warmup)
     groups = conv['params']['feature_group_count']
     row = {'model': name, 'batch': batch, 'dtype': dtype, 'count': conv['count'],
