@@ -216,6 +216,18 @@ def jax_step(name: str, batch: int, image_size: int, dtype: str, mode: str) -> T
   return Timed(run, jax.block_until_ready, flops, peak, compiled)
 
 
+def _torch_device():
+  """torch's GPU when it has one, else the CPU, and a `sync(_)` that waits for its work (a Timed
+  sync)."""
+  import torch
+  device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+
+  def sync(_):
+    if device.type == 'cuda':
+      torch.cuda.synchronize()
+  return device, sync
+
+
 def torch_step(name: str, batch: int, image_size: int, dtype: str, mode: str,
                compile_model: bool = False) -> Timed:
   """The torch twin's training step (SGD, cross-entropy) or eval forward, channels-last."""
@@ -223,7 +235,7 @@ def torch_step(name: str, batch: int, image_size: int, dtype: str, mode: str,
 
   from resnet_jax.torch_peers import torch_peer
   spec = model_spec(name)
-  device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+  device, sync = _torch_device()
   model = torch_peer(name, spec['num_classes']).to(device, memory_format=torch.channels_last)
   x = torch.randn(batch, spec['in_channels'], image_size, image_size, device=device)
   x = x.contiguous(memory_format=torch.channels_last)
@@ -231,10 +243,6 @@ def torch_step(name: str, batch: int, image_size: int, dtype: str, mode: str,
   forward = torch.compile(model) if compile_model else model
   autocast = functools.partial(torch.autocast, device.type, dtype=torch.bfloat16,
                                enabled=dtype == 'bfloat16')
-
-  def sync(_):
-    if device.type == 'cuda':
-      torch.cuda.synchronize()
 
   if mode == 'infer':
     model.eval()
@@ -462,7 +470,7 @@ def _torch_convolution(conv: dict, out_shape) -> dict[str, Callable] | None:
   dtype = torch.bfloat16 if conv['lhs'].dtype == jnp.bfloat16 else torch.float32
   n, h, w, c = conv['lhs'].shape
   kh, kw, cin, cout = conv['rhs'].shape
-  device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+  device, sync = _torch_device()
 
   def tensor(*shape):
     return torch.randn(*shape, dtype=dtype, device=device).contiguous(
@@ -482,7 +490,7 @@ def _torch_convolution(conv: dict, out_shape) -> dict[str, Callable] | None:
       return torch.nn.functional.conv2d(x, weight, **geometry)
   return {'fwd': forward, 'dx': backward((True, False, False)),
           'dw': backward((False, True, False)),
-          'sync': torch.cuda.synchronize if device.type == 'cuda' else lambda: None}
+          'sync': sync}
 
 
 def convolution_rows(name: str, *, batch: int, image_size: int | None, dtype: str,
@@ -510,7 +518,7 @@ def convolution_rows(name: str, *, batch: int, image_size: int | None, dtype: st
     if theirs:
       sync = theirs.pop('sync')
       for kind, run in theirs.items():
-        timed[f'torch_{kind}'] = Timed(run, lambda _, sync=sync: sync())
+        timed[f'torch_{kind}'] = Timed(run, sync)
     seconds = time_alternating(timed, steps, rounds, warmup)
     groups = conv['params']['feature_group_count']
     row = {'model': name, 'batch': batch, 'dtype': dtype, 'count': conv['count'],
