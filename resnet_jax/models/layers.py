@@ -154,7 +154,7 @@ def _channel_sums(a: jax.Array, b: jax.Array, axis_name: str | None) -> tuple[ja
 
   Variadic reduces: XLA:CPU fuses the producers of a and b (x * x, g * x_hat) into the first,
   where two single reductions each became a reduce-window (its precision rewrite) of a
-  materialised operand. One axis at a time (rows, then columns, then images): no float32 sum runs
+  materialised operand. One axis at a time (columns, then rows, then images): no float32 sum runs
   over more terms than one axis has, as accurate as XLA's own tree of windows of 32.
   """
   def add(u, v):
@@ -166,7 +166,7 @@ def _channel_sums(a: jax.Array, b: jax.Array, axis_name: str | None) -> tuple[ja
   return (a, b) if axis_name is None else jax.lax.psum((a, b), axis_name)
 
 
-def _count(x: jax.Array, axis_name: str | None) -> float:
+def _count(x: jax.Array, axis_name: str | None) -> int | jax.Array:
   """How many values each channel's statistics are over (all devices' under `axis_name`)."""
   count = x.size // x.shape[-1]
   return count if axis_name is None else jax.lax.psum(count, axis_name)
