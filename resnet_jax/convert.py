@@ -8,7 +8,8 @@ A model's flax parameter path, module names joined with '.', is the torch module
   Norm scale        <- PATH.weight
   batch_stats mean  <- PATH.running_mean,  var <- PATH.running_var   (num_batches_tracked: unused)
 
-Families whose flax names predate this (the ResNets) have a renaming function below.
+Families whose flax names predate this (the ResNets) have a renaming function below, chosen by
+the twin the registry declares for the model (`model_spec(name)['torch_twin']`).
 
   python -m resnet_jax.convert --model resnet50 --weights FILE(.pth|.safetensors) --out DIR
 
@@ -16,7 +17,6 @@ writes an orbax checkpoint of {'params', 'batch_stats'} that `config.init_from=D
 """
 from __future__ import annotations
 
-import functools
 import os
 import re
 from typing import Any, Callable, Mapping
@@ -24,8 +24,9 @@ from typing import Any, Callable, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
-from resnet_jax.models import create_model, model_spec
+from resnet_jax.models import abstract_variables, create_model, model_spec
 
 _LEAVES = {('params', 'kernel'): 'weight', ('params', 'scale'): 'weight',
            ('params', 'bias'): 'bias', ('batch_stats', 'mean'): 'running_mean',
@@ -51,12 +52,14 @@ def _resnet_v2(path: str) -> str:
   return re.sub(r'^head', 'head.fc', path)
 
 
+# Twins whose module names are not ours, by the start of their registered `torch_twin`.
+_RENAMES = (('torchvision resnet', _resnet_v1), ('timm resnetv2_', _resnet_v2))
+
+
 def _torch_module_path(model_name: str) -> Callable[[str], str]:
-  if re.fullmatch(r'resnet\d+', model_name):
-    return _resnet_v1
-  if re.fullmatch(r'preact_resnet\d+', model_name) and model_spec(model_name)['input_size'] > 32:
-    return _resnet_v2
-  return lambda path: path
+  twin = model_spec(model_name)['torch_twin'] or ''
+  return next((rename for prefix, rename in _RENAMES if twin.startswith(prefix)),
+              lambda path: path)
 
 
 def _to_numpy(value: Any) -> np.ndarray:
@@ -76,17 +79,6 @@ def _transform(array: np.ndarray, shape: tuple[int, ...], leaf: str) -> np.ndarr
   return array
 
 
-def abstract_variables(model_name: str, num_classes: int, **overrides) -> dict:
-  """Shapes of a model's params and batch_stats, from jax.eval_shape (nothing is initialised)."""
-  spec = model_spec(model_name)
-  model = create_model(model_name, num_classes=num_classes, **overrides)
-  x = jax.ShapeDtypeStruct((1, spec['input_size'], spec['input_size'], spec['in_channels']),
-                           jnp.float32)
-  init = functools.partial(model.init, train=False)
-  variables = jax.eval_shape(init, {'params': jax.random.key(0), 'dropout': jax.random.key(1)}, x)
-  return {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})}
-
-
 def from_torch(model_name: str, state_dict: Mapping[str, Any], *,
                num_classes: int | None = None, **overrides) -> dict:
   """Variables ({'params', 'batch_stats'}) of `create_model(model_name, ...)` from a torch twin.
@@ -96,9 +88,12 @@ def from_torch(model_name: str, state_dict: Mapping[str, Any], *,
   the registered one (1000 for the ImageNet models).
   """
   state = {k: v for k, v in state_dict.items() if not k.endswith(_UNUSED_TORCH_LEAVES)}
+  spec = model_spec(model_name)
   if num_classes is None:
-    num_classes = model_spec(model_name)['num_classes']
-  target = abstract_variables(model_name, num_classes, **overrides)
+    num_classes = spec['num_classes']
+  model = create_model(model_name, num_classes=num_classes, **overrides)
+  # Shapes only: nothing is initialised.
+  target = abstract_variables(model, (spec['input_size'], spec['input_size'], spec['in_channels']))
   rename = _torch_module_path(model_name)
   used, out = set(), {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(target)[0]:
@@ -168,6 +163,44 @@ def load_variables(path: str) -> dict:
     as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
     restored = reader.restore(os.path.abspath(path), restore_args=as_numpy)
   return {'params': restored['params'], 'batch_stats': restored.get('batch_stats', {})}
+
+
+def with_pretrained(state, path: str):
+  """`config.init_from`: a train state (one host copy) with the params and BN statistics of a
+  converted or trained checkpoint at `path`; the optimizer state starts afresh.
+
+  Leaves whose shape differs only in the last axis (the classifier, when `num_classes` differs)
+  keep their fresh initialisation; any other difference is an error naming the leaf.
+  """
+  loaded = load_variables(path)
+  fresh_head = []
+
+  def pick(key_path, fresh, saved):
+    name = jax.tree_util.keystr(key_path)
+    if saved is None:
+      raise ValueError(f'config.init_from {path}: it has no {name}')
+    if saved.shape == fresh.shape:
+      return np.asarray(saved, fresh.dtype)
+    if saved.shape[:-1] == fresh.shape[:-1]:
+      fresh_head.append(name)
+      return fresh
+    raise ValueError(f'config.init_from {path}: {name} has shape {saved.shape} there and '
+                     f'{fresh.shape} here')
+
+  def merge(fresh_tree, saved_tree):
+    saved_flat = {jax.tree_util.keystr(k): v
+                  for k, v in jax.tree_util.tree_flatten_with_path(saved_tree)[0]}
+    return jax.tree_util.tree_map_with_path(
+        lambda k, f: pick(k, f, saved_flat.get(jax.tree_util.keystr(k))), fresh_tree)
+
+  params = merge(state.params, loaded['params'])
+  batch_stats = merge(state.batch_stats, loaded['batch_stats'])
+  if fresh_head:
+    logging.info('init_from %s: a new classifier (%s), the rest loaded.', path,
+                 ', '.join(fresh_head))
+  ema = {'params': params, 'batch_stats': batch_stats} if state.ema else state.ema
+  return state.replace(params=params, batch_stats=batch_stats, ema=ema,
+                       opt_state=state.tx.init(params))
 
 
 def main(argv=None) -> None:

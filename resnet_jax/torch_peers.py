@@ -1,26 +1,27 @@
-"""The PyTorch peer of a registered model, for side-by-side timing (`benchmark --vs-torch`).
+"""The PyTorch peer of a registered model, for side-by-side timing (`benchmark --vs-torch`) and
+the weight-import tests.
 
-torchvision or timm builds the twin where one exists (the ImageNet ResNets, VGG, AlexNet, ...,
-as `resnet_jax.convert` imports them). The CIFAR ResNets and their plain twins have none, so
-`CifarResNet` below writes them in torch with our module names, so that `convert.from_torch`
-loads its weights unchanged and a test can prove both compute the same function.
+Which twin a model has is its registration's `torch_twin` ('<library> <constructor>',
+`model_spec(name)['torch_twin']`); this module only builds it. torchvision or timm builds the
+twin where one exists (the ImageNet ResNets, VGG, AlexNet, ..., as `resnet_jax.convert` imports
+them). The CIFAR ResNets and their plain twins have none, so `CifarResNet` below writes them in
+torch with our module names, so that `convert.from_torch` loads its weights unchanged and a test
+can prove both compute the same function.
 """
 from __future__ import annotations
 
-import re
+from typing import Any
 
 import torch
 from torch import nn
 
-from resnet_jax.models import model_spec
+from resnet_jax.models import list_models, model_spec
 
-# Registered name -> (library, constructor name) of the twin; the CIFAR nets are built here.
-_TORCHVISION = ('alexnet', 'googlenet', 'inception_v3', 'squeezenet1_0', 'squeezenet1_1',
-                *(f'resnet{d}' for d in (18, 34, 50, 101, 152)),
-                *(f'vgg{d}{bn}' for d in (11, 13, 16, 19) for bn in ('', '_bn')))
-_TIMM = {**{f'preact_resnet{d}': f'resnetv2_{d}' for d in (50, 101, 152)},
-         'xception': 'legacy_xception', 'mobilenet_v1': 'mobilenetv1_100',
-         'inception_v4': 'inception_v4', 'inception_resnet_v2': 'inception_resnet_v2'}
+# torchvision constructor arguments that make the twin our registered net: no auxiliary heads
+# (ours are off by default) and no truncated-normal init of the whole net (slow, and the weights
+# are imported or timed, never trained here).
+_TORCHVISION_KWARGS = {'googlenet': {'aux_logits': False, 'init_weights': False},
+                       'inception_v3': {'aux_logits': False, 'init_weights': False}}
 
 
 class _CifarBasicBlock(nn.Module):
@@ -74,29 +75,32 @@ class CifarResNet(nn.Module):
 
 
 def has_peer(name: str) -> bool:
-  return name in _TORCHVISION or name in _TIMM or _cifar_kwargs(name) is not None
+  return model_spec(name)['torch_twin'] is not None
 
 
-def _cifar_kwargs(name: str) -> dict | None:
-  if not re.fullmatch(r'(cifar_resnet|plain)\d+', name):
-    return None
-  kwargs = model_spec(name)['kwargs']
-  return dict(stage_sizes=kwargs['stage_sizes'], widths=kwargs['widths'],
-              residual=kwargs.get('residual', True))
+def torch_peer(name: str, num_classes: int | None = None, **kwargs: Any) -> nn.Module:
+  """A randomly initialised torch twin of the registered model `name` (never a download).
 
-
-def torch_peer(name: str, num_classes: int) -> nn.Module:
-  """A randomly initialised torch twin of the registered model `name` (never a download)."""
-  cifar = _cifar_kwargs(name)
-  if cifar is not None:
-    return CifarResNet(num_classes=num_classes, **cifar)
-  if name in _TORCHVISION:
+  `num_classes` defaults to the registered one; `kwargs` go to the twin's constructor (after,
+  and over, the ones that make it our registered net).
+  """
+  spec = model_spec(name)
+  if spec['torch_twin'] is None:
+    with_twin = [n for n in list_models() if model_spec(n)['torch_twin'] is not None]
+    raise ValueError(f'{name} has no torch twin; models with one: {", ".join(with_twin)}')
+  library, constructor = spec['torch_twin'].split()
+  if num_classes is None:
+    num_classes = spec['num_classes']
+  if library == 'torchvision':
     import torchvision
-    kwargs = {'aux_logits': False, 'init_weights': False} if name in (
-        'googlenet', 'inception_v3') else {}
-    return getattr(torchvision.models, name)(weights=None, num_classes=num_classes, **kwargs)
-  if name in _TIMM:
+    kwargs = {**_TORCHVISION_KWARGS.get(constructor, {}), **kwargs}
+    return getattr(torchvision.models, constructor)(weights=None, num_classes=num_classes,
+                                                    **kwargs)
+  if library == 'timm':
     import timm
-    return timm.create_model(_TIMM[name], pretrained=False, num_classes=num_classes)
-  raise ValueError(f'{name} has no torchvision/timm twin; models with one: '
-                   f'{", ".join(sorted([*_TORCHVISION, *_TIMM]))}, cifar_resnetN, plainN')
+    return timm.create_model(constructor, pretrained=False, num_classes=num_classes, **kwargs)
+  if library == 'resnet_jax.torch_peers' and constructor == 'CifarResNet':
+    ours = spec['kwargs']
+    return CifarResNet(ours['stage_sizes'], ours['widths'], num_classes,
+                       ours.get('residual', True), **kwargs)
+  raise ValueError(f'{name}: cannot build its torch twin {spec["torch_twin"]!r}')

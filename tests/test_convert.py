@@ -1,24 +1,18 @@
-"""Weight import: our ResNets against torchvision's and timm's, on the same random batch."""
+"""Weight import: our ResNets against their registered torchvision and timm twins, on the same
+random batch."""
 import jax
 import numpy as np
 import pytest
-import timm
 import torch
 import torchvision
 from PIL import Image
 from test_train import make_config
-from twins import randomize_batch_norms
+from twins import random_twin
 
 from resnet_jax import convert, train
 from resnet_jax.config import base_config
 from resnet_jax.data import load_split
 from resnet_jax.models import create_model
-
-
-def randomized(module: torch.nn.Module) -> torch.nn.Module:
-  """A twin with random weights and BatchNorm statistics far from the identity, in eval mode."""
-  torch.manual_seed(0)
-  return randomize_batch_norms(module).eval()
 
 
 def relative_difference(name: str, twin: torch.nn.Module, size: int = 64) -> float:
@@ -35,13 +29,13 @@ def relative_difference(name: str, twin: torch.nn.Module, size: int = 64) -> flo
 # Both nets are fully convolutional up to a global pool: 64x64 inputs test every weight, cheaply.
 @pytest.mark.parametrize('name', ['resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152'])
 def test_resnet_v1_equals_torchvision(name):
-  assert relative_difference(name, randomized(getattr(torchvision.models, name)())) < 1e-4
+  assert relative_difference(name, random_twin(name)) < 1e-4
 
 
-@pytest.mark.parametrize('depth', [50, 101, 152])
+@pytest.mark.parametrize('depth', [18, 34, 50, 101, 152])
 def test_preact_resnet_equals_timm_resnetv2(depth):
-  twin = randomized(timm.create_model(f'resnetv2_{depth}', pretrained=False))
-  assert relative_difference(f'preact_resnet{depth}', twin) < 1e-4
+  name = f'preact_resnet{depth}'
+  assert relative_difference(name, random_twin(name)) < 1e-4
 
 
 def test_mismatch_names_the_tensor_and_both_shapes():
@@ -55,7 +49,7 @@ def test_mismatch_names_the_tensor_and_both_shapes():
 
 def test_command_line_writes_a_checkpoint_that_init_from_loads(tmp_path):
   from safetensors.torch import save_file
-  twin = randomized(torchvision.models.resnet18())
+  twin = random_twin('resnet18')
   weights = str(tmp_path / 'resnet18.safetensors')
   save_file(twin.state_dict(), weights)
   convert.main(['--model', 'resnet18', '--weights', weights, '--out', str(tmp_path / 'ckpt')])

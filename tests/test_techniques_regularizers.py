@@ -9,6 +9,15 @@ import pytest
 from conftest import restack_stage1
 
 from resnet_jax.models import create_model, layers
+from resnet_jax.models.fmp import (
+    FMP_SEQUENCES,
+    FractionalMaxPool,
+    fmp_boundaries,
+    fmp_output_size,
+    fmp_regions,
+    fmp_sequence,
+    fractional_max_pool,
+)
 from resnet_jax.models.resnet import ResNet
 
 
@@ -216,13 +225,13 @@ def test_stochastic_depth_needs_residual_units():
 
 def test_fmp_output_sizes_reproduce_grahams_nets():
   sqrt2, cbrt2 = 2 ** 0.5, 2 ** (1 / 3)
-  assert [layers.fmp_output_size(n, sqrt2) for n in (2, 3, 10, 16, 24, 32, 35)] == [
+  assert [fmp_output_size(n, sqrt2) for n in (2, 3, 10, 16, 24, 32, 35)] == [
       1, 2, 7, 11, 17, 23, 25]
 
   def sides(n, alpha, num_fmp):  # (C2 - FMP alpha) x num_fmp: -1, then / alpha
     out = [n]
     for _ in range(num_fmp):
-      out += [out[-1] - 1, layers.fmp_output_size(out[-1] - 1, alpha)]
+      out += [out[-1] - 1, fmp_output_size(out[-1] - 1, alpha)]
     return out
 
   # Graham 2014, Sec. 4: MNIST 36x36 under six FMP sqrt 2 layers, CIFAR 94x94 under twelve FMP
@@ -231,26 +240,26 @@ def test_fmp_output_sizes_reproduce_grahams_nets():
   assert sides(94, cbrt2, 12)[-1] == 2 and sides(94, cbrt2, 12)[2] == 74
   for n in (5, 10, 35):
     x = jnp.zeros((1, n, n + 3, 2))
-    assert layers.fractional_max_pool(x, _key(0)).shape == (
-        1, layers.fmp_output_size(n), layers.fmp_output_size(n + 3), 2)
+    assert fractional_max_pool(x, _key(0)).shape == (
+        1, fmp_output_size(n), fmp_output_size(n + 3), 2)
   with pytest.raises(ValueError, match='1 < alpha < 2'):
-    layers.fmp_output_size(10, 2.5)
+    fmp_output_size(10, 2.5)
 
 
-@pytest.mark.parametrize('sequence', layers.FMP_SEQUENCES)
+@pytest.mark.parametrize('sequence', FMP_SEQUENCES)
 @pytest.mark.parametrize('overlapping', [False, True])
 def test_fmp_sequences_and_regions(sequence, overlapping):
   for n in (2, 3, 7, 10, 35, 94):
-    n_out = layers.fmp_output_size(n)
+    n_out = fmp_output_size(n)
     last = n - 1 if overlapping else n
     draws = set()
     for seed in range(8):
-      a = np.asarray(layers.fmp_sequence(_key(seed), n, n_out, sequence=sequence,
-                                         overlapping=overlapping))
+      a = np.asarray(fmp_sequence(_key(seed), n, n_out, sequence=sequence,
+                                  overlapping=overlapping))
       draws.add(tuple(a))
       assert len(a) == n_out + 1 and a[0] == 0 and a[-1] == last
       assert set(np.diff(a)) <= {1, 2}
-      first, end = map(np.asarray, layers.fmp_regions(jnp.asarray(a), overlapping))
+      first, end = map(np.asarray, fmp_regions(jnp.asarray(a), overlapping))
       assert first[0] == 0 and end[-1] == n - 1  # the regions cover every row
       if overlapping:  # [a_{i-1}, a_i]: 2 or 3 rows, neighbours share one boundary row
         assert np.all(first[1:] == end[:-1]) and set(end - first + 1) <= {2, 3}
@@ -260,8 +269,8 @@ def test_fmp_sequences_and_regions(sequence, overlapping):
         # a_i = ceil(alpha (i + u)) - ceil(alpha u): within a band of width 1 around alpha i.
         dev = a - last / n_out * np.arange(n_out + 1)
         assert dev.max() - dev.min() < 1
-      again = layers.fmp_sequence(_key(seed), n, n_out, sequence=sequence,
-                                  overlapping=overlapping)
+      again = fmp_sequence(_key(seed), n, n_out, sequence=sequence,
+                           overlapping=overlapping)
       np.testing.assert_array_equal(again, a)  # same key, same regions
     if n >= 10:
       assert len(draws) > 1  # different keys, different regions
@@ -271,20 +280,20 @@ def test_fmp_pools_the_max_of_each_region():
   x = jax.random.normal(_key(16), (2, 11, 9, 3))
   for overlapping in (False, True):
     key = _key(17)
-    got = np.asarray(layers.fractional_max_pool(x, key, overlapping=overlapping))
-    rows, cols = layers.fmp_boundaries(key, (11, 9), overlapping=overlapping)
-    (r0, r1), (c0, c1) = (map(np.asarray, layers.fmp_regions(a, overlapping))
+    got = np.asarray(fractional_max_pool(x, key, overlapping=overlapping))
+    rows, cols = fmp_boundaries(key, (11, 9), overlapping=overlapping)
+    (r0, r1), (c0, c1) = (map(np.asarray, fmp_regions(a, overlapping))
                           for a in (rows, cols))
     want = np.stack([np.stack([np.asarray(x)[:, r0[i]:r1[i] + 1, c0[j]:c1[j] + 1].max((1, 2))
                                for j in range(len(c0))], 1) for i in range(len(r0))], 1)
     np.testing.assert_array_equal(got, want)
-    assert not np.array_equal(layers.fractional_max_pool(x, _key(18), overlapping=overlapping),
+    assert not np.array_equal(fractional_max_pool(x, _key(18), overlapping=overlapping),
                               got)
 
 
 def test_fmp_module_draws_from_the_fmp_stream():
   x = jax.random.normal(_key(19), (1, 12, 12, 1))
-  pool = layers.FractionalMaxPool()
+  pool = FractionalMaxPool()
   a = pool.apply({}, x, rngs={'fmp': _key(1)})
   np.testing.assert_array_equal(a, pool.apply({}, x, rngs={'fmp': _key(1)}))
   assert a.shape == (1, 8, 8, 1)

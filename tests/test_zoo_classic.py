@@ -1,5 +1,5 @@
-"""AlexNet, VGG, NiN and SqueezeNet: exact parameter counts, torch-exact pooling and LRN, and the
-logits of torchvision twins (random weights) imported by name."""
+"""AlexNet, VGG, NiN and SqueezeNet: derived parameter counts, torch-exact pooling and LRN, and
+the logits of their registered torchvision twins (random weights) imported by name."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,10 +10,16 @@ from torch import nn as tnn
 from twins import randomize_batch_norms
 
 from resnet_jax import convert
-from resnet_jax.models import alexnet, nin, squeezenet, vgg  # noqa: F401  (registers the models)
+from resnet_jax.models import (
+    abstract_variables,
+    count_params,
+    create_model,
+    initial_variables,
+    model_spec,
+)
 from resnet_jax.models.alexnet import local_response_norm
 from resnet_jax.models.layers import adaptive_avg_pool, max_pool
-from resnet_jax.models.registry import count_params, create_model
+from resnet_jax.torch_peers import torch_peer
 
 
 def _key(seed):
@@ -21,26 +27,10 @@ def _key(seed):
   return jax.random.key(seed, impl='unsafe_rbg')
 
 
-COUNTS = {
-    # torchvision's counts (sum of p.numel() over the twin's parameters).
-    'alexnet': 61_100_840,
-    'vgg11': 132_863_336,
-    'vgg13': 133_047_848,
-    'vgg16': 138_357_544,
-    'vgg19': 143_667_240,
-    'vgg11_bn': 132_868_840,
-    'vgg13_bn': 133_053_736,  # vgg13 + 2 x (2x64 + 2x128 + 2x256 + 4x512) BN scales and biases
-    'vgg16_bn': 138_365_992,
-    'vgg19_bn': 143_678_248,
-    'squeezenet1_0': 1_248_424,
-    'squeezenet1_1': 1_235_496,
-    # Krizhevsky et al. 2012, Fig. 2 (weights + biases; grouped layers see half the maps):
-    #   conv1 96x(11x11x3)+96 = 34,944          conv2 256x(5x5x48)+256 = 307,456
-    #   conv3 384x(3x3x256)+384 = 885,120       conv4 384x(3x3x192)+384 = 663,936
-    #   conv5 256x(3x3x192)+256 = 442,624       fc6 (6x6x256)x4096+4096 = 37,752,832
-    #   fc7 4096x4096+4096 = 16,781,312         fc8 4096x1000+1000 = 4,097,000
-    #   total 60,965,224 (the "60 million parameters" of the abstract).
-    'alexnet_original': 60_965_224,
+# Models whose paper reports no count and that have no twin (their `paper_params` is None; the
+# others' counts are declared at registration and checked in test_models): counts derived layer
+# by layer (weights + biases).
+DERIVED_COUNTS = {
     # VGG-16 convolutions 14,714,688 (torchvision's vgg16.features) + BN 2x(2x64 + 2x128 + 3x256
     # + 6x512) = 8,448 + linear 512x10+10 = 5,130.
     'cifar_vgg16': 14_728_266,
@@ -57,9 +47,10 @@ COUNTS = {
 }
 
 
-@pytest.mark.parametrize('name,expected', COUNTS.items())
-def test_exact_param_counts(name, expected):
+@pytest.mark.parametrize('name,expected', DERIVED_COUNTS.items())
+def test_derived_param_counts(name, expected):
   # count_params traces init + forward at the registered input size (shapes only).
+  assert model_spec(name)['paper_params'] is None  # else the registry holds the count
   assert count_params(name) == expected
 
 
@@ -130,7 +121,7 @@ def relative_differences(name: str, twin: torch.nn.Module, sizes) -> list[float]
 
 def test_alexnet_equals_torchvision():
   # 63x63 leaves a 1x1 map (replicated to 6x6); 224x224 a 13x13 map (overlapping 6x6 bins).
-  diffs = relative_differences('alexnet', randomized(torchvision.models.alexnet()), (63, 224))
+  diffs = relative_differences('alexnet', randomized(torch_peer('alexnet')), (63, 224))
   assert max(diffs) < 1e-4, diffs
 
 
@@ -140,14 +131,14 @@ def test_alexnet_equals_torchvision():
                                   'vgg11_bn', 'vgg13_bn', 'vgg16_bn', 'vgg19_bn'])
 def test_vgg_equals_torchvision(name):
   sizes = (32, 96) if name == 'vgg11' else (32,)
-  diffs = relative_differences(name, randomized(getattr(torchvision.models, name)()), sizes)
+  diffs = relative_differences(name, randomized(torch_peer(name)), sizes)
   assert max(diffs) < 1e-4, diffs
 
 
 # 65x65 makes every ceil-mode pool of squeezenet1_1 (and the first of 1_0) keep a partial window.
 @pytest.mark.parametrize('name', ['squeezenet1_0', 'squeezenet1_1'])
 def test_squeezenet_equals_torchvision(name):
-  diffs = relative_differences(name, randomized(getattr(torchvision.models, name)()), (65,))
+  diffs = relative_differences(name, randomized(torch_peer(name)), (65,))
   assert max(diffs) < 1e-4, diffs
 
 
@@ -177,7 +168,7 @@ def test_alexnet_original_equals_a_torch_restatement():
       tnn.ReLU(), tnn.Linear(4096, 1000))
   torch.manual_seed(0)
   twin = randomized(_Reference(features, classifier))
-  assert sum(p.numel() for p in twin.parameters()) == COUNTS['alexnet_original']
+  assert sum(p.numel() for p in twin.parameters()) == model_spec('alexnet_original')['paper_params']
   assert max(relative_differences('alexnet_original', twin, (227,))) < 1e-4
 
 
@@ -186,14 +177,14 @@ def test_cifar_vgg16_equals_a_torch_restatement():
   torch.manual_seed(0)
   twin = _Reference(torchvision.models.vgg16_bn().features, tnn.Linear(512, 10))
   twin = randomized(twin)
-  assert sum(p.numel() for p in twin.parameters()) == COUNTS['cifar_vgg16']
+  assert sum(p.numel() for p in twin.parameters()) == DERIVED_COUNTS['cifar_vgg16']
   assert max(relative_differences('cifar_vgg16', twin, (32,))) < 1e-4
 
 
 def test_cifar_nin_halves_the_maps_and_uses_dropout():
   model = create_model('cifar_nin', num_classes=10)
   x = jnp.asarray(np.random.default_rng(3).standard_normal((2, 32, 32, 3)), jnp.float32)
-  variables = jax.jit(lambda x: model.init({'params': _key(0)}, x, train=False))(x)
+  variables = jax.jit(lambda key: initial_variables(model, key, x.shape[1:]))(_key(0))
   _, state = jax.jit(lambda v, x: model.apply(v, x, train=False, capture_intermediates=True))(
       variables, x)
   # Sec. 4.2: each pool downsamples by two (Caffe's ceil rounding): 32 -> 16 -> 8.
@@ -209,15 +200,14 @@ def test_too_small_inputs_are_errors_not_nans():
   # nin: 63 -> 14 (11x11/4) -> 6 -> 2 -> 0 after the third 3x3/2 pool.
   model = create_model('nin', num_classes=10)
   with pytest.raises(ValueError, match='too small'):
-    jax.eval_shape(lambda x: model.init({'params': _key(0)}, x, train=False),
-                   jax.ShapeDtypeStruct((1, 63, 63, 3), jnp.float32))
+    abstract_variables(model, (63, 63, 3))
 
 
 def test_bfloat16_activations_float32_params_and_logits():
   for name, size in [('squeezenet1_1', 65), ('cifar_nin', 32)]:
     model = create_model(name, num_classes=10, dtype=jnp.bfloat16)
     x = jnp.asarray(np.random.default_rng(5).standard_normal((2, size, size, 3)), jnp.float32)
-    variables = jax.jit(lambda x: model.init({'params': _key(0)}, x, train=False))(x)
+    variables = jax.jit(lambda key: initial_variables(model, key, x.shape[1:]))(_key(0))
     assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(variables)} == {jnp.dtype('float32')}
     logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
     assert logits.dtype == jnp.float32 and logits.shape == (2, 10)
@@ -227,8 +217,7 @@ def test_bfloat16_activations_float32_params_and_logits():
 def test_alexnet_original_paper_init():
   # Sec. 5: weights N(0, 0.01); biases 1 in conv2, conv4, conv5 and fc6, fc7; 0 elsewhere.
   model = create_model('alexnet_original', num_classes=10, hidden=16)
-  params = jax.jit(lambda x: model.init({'params': _key(0)}, x, train=False))(
-      jnp.zeros((1, 227, 227, 3)))['params']
+  params = jax.jit(lambda key: initial_variables(model, key, (227, 227, 3)))(_key(0))['params']
   ones = {name for name, p in params.items() if np.all(p['bias'] == 1)}
   zeros = {name for name, p in params.items() if np.all(p['bias'] == 0)}
   assert ones == {'features.4', 'features.10', 'features.12', 'classifier.1', 'classifier.4'}
@@ -240,7 +229,7 @@ def test_alexnet_original_paper_init():
 def test_vgg_train_step_updates_batch_stats():
   model = create_model('cifar_vgg16', num_classes=10)
   x = jnp.asarray(np.random.default_rng(4).standard_normal((2, 32, 32, 3)), jnp.float32)
-  variables = jax.jit(lambda x: model.init({'params': _key(0)}, x, train=False))(x)
+  variables = jax.jit(lambda key: initial_variables(model, key, x.shape[1:]))(_key(0))
   _, updates = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats']))(
       variables, x)
   changed = jax.tree_util.tree_map(lambda a, b: bool(jnp.any(a != b)), variables['batch_stats'],

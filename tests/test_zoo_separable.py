@@ -1,30 +1,16 @@
-"""Xception and MobileNet v1: exact parameter counts, and the logits of timm twins (random weights,
-randomised BatchNorms) imported by name."""
+"""Xception and MobileNet v1: the width multiplier's counts, and the logits of their timm twins
+(random weights, randomised BatchNorms) imported by name. The registered nets' parameter counts
+are declared at registration and checked in test_models."""
 import jax
 import numpy as np
 import pytest
 import timm
 import torch
-from twins import randomize_batch_norms
+from twins import random_twin, randomize_batch_norms
 
 from resnet_jax import convert
-from resnet_jax.models import mobilenet, xception  # noqa: F401  (registers the models)
+from resnet_jax.models import count_params, create_model
 from resnet_jax.models.mobilenet import round_channels
-from resnet_jax.models.registry import count_params, create_model
-
-COUNTS = {
-    # Chollet 2017, Table 3 (and timm's legacy_xception): 22,855,952.
-    'xception': 22_855_952,
-    # timm's mobilenetv1_100: 4,231,976 (Howard et al. 2017, Table 6: 4.2M).
-    'mobilenet_v1': 4_231_976,
-    # Table 6: 2.6M, 1.3M, 0.5M. alpha * c is already a multiple of 8 for every layer at these
-    # widths, so timm's channel rounding leaves the paper's layout as it is.
-    'mobilenet_v1_075': 2_585_560,
-    'mobilenet_v1_050': 1_331_592,
-    'mobilenet_v1_025': 470_072,
-}
-PAPER_MILLIONS = {'mobilenet_v1': 4.2, 'mobilenet_v1_075': 2.6, 'mobilenet_v1_050': 1.3,
-                  'mobilenet_v1_025': 0.5}
 
 # Xception's head is a global average pool, so a small input suffices: 71x71 (Keras's minimum)
 # takes the grid 35 -> 33 -> 17 -> 9 -> 5 -> 3, odd sizes through every padded pool.
@@ -32,16 +18,6 @@ XCEPTION_SIZE = 71
 # MobileNet v1 at 64x64 (grid 32 -> 2; even sizes, where PyTorch's symmetric padding and TF's
 # 'SAME' differ) and at 97x97 (49 -> 25 -> 13 -> 7 -> 4), to show any input resolution works.
 MOBILENET_SIZES = (64, 97)
-
-
-@pytest.mark.parametrize('name,expected', COUNTS.items())
-def test_exact_param_counts(name, expected):
-  assert count_params(name) == expected
-
-
-@pytest.mark.parametrize('name,millions', PAPER_MILLIONS.items())
-def test_mobilenet_counts_round_to_table_6(name, millions):
-  assert round(count_params(name) / 1e6, 1) == millions
 
 
 def test_mobilenet_width_1_25_count_is_timms():
@@ -54,13 +30,6 @@ def test_round_channels():
   assert round_channels(36) == 40  # nearest multiple of 8, ties up
   assert round_channels(32 * 0.6) == 24  # 19.2: nearest is 16, more than 10% down, so 24
   assert round_channels(1024 * 0.35) == 360  # 358.4 -> 360
-
-
-def _twin(name, **kwargs):
-  """A randomly initialised timm model in eval mode whose BatchNorms are not identities."""
-  torch.manual_seed(0)
-  model = timm.create_model(name, pretrained=False, **kwargs)
-  return randomize_batch_norms(model).eval()
 
 
 def _outputs(name, twin, size, *, train=False, **overrides):
@@ -88,18 +57,18 @@ def _assert_close(ours, theirs):
 
 
 def test_xception_matches_timm():
-  twin = _twin('legacy_xception')
-  _assert_close(*_outputs('xception', twin, XCEPTION_SIZE))
+  _assert_close(*_outputs('xception', random_twin('xception'), XCEPTION_SIZE))
 
 
 @pytest.mark.parametrize('size', MOBILENET_SIZES)
 def test_mobilenet_v1_matches_timm(size):
-  _assert_close(*_outputs('mobilenet_v1', _twin('mobilenetv1_100'), size))
+  _assert_close(*_outputs('mobilenet_v1', random_twin('mobilenet_v1'), size))
 
 
 def test_mobilenet_v1_width_1_25_matches_timm():
   """The width multiplier: timm's mobilenetv1_125 is our mobilenet_v1 with width=1.25."""
-  twin = _twin('mobilenetv1_125')
+  torch.manual_seed(0)
+  twin = randomize_batch_norms(timm.create_model('mobilenetv1_125', pretrained=False)).eval()
   _assert_close(*_outputs('mobilenet_v1', twin, MOBILENET_SIZES[0], width=1.25))
 
 
@@ -109,5 +78,5 @@ def test_mobilenet_v1_matches_timm_in_training():
   At 97x97 the last BNs normalise over 2x4x4 values per channel (7e-6 relative error); at 64x64
   over only 2x2x2, where near-zero batch variances magnify fp32 rounding (2e-5).
   """
-  twin = _twin('mobilenetv1_100')
-  _assert_close(*_outputs('mobilenet_v1', twin, MOBILENET_SIZES[1], train=True))
+  _assert_close(*_outputs('mobilenet_v1', random_twin('mobilenet_v1'), MOBILENET_SIZES[1],
+                          train=True))

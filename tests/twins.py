@@ -1,5 +1,11 @@
-"""Torch twins for the weight-import tests: random weights, BatchNorms that are not identities."""
+"""Torch twins for the weight-import tests: random weights, BatchNorms that are not identities.
+
+Which twin a model has is declared at its registration (`model_spec(name)['torch_twin']`);
+`resnet_jax.torch_peers.torch_peer` builds it.
+"""
 import torch
+
+from resnet_jax.torch_peers import torch_peer
 
 
 def randomize_batch_norms(model: torch.nn.Module) -> torch.nn.Module:
@@ -13,3 +19,10 @@ def randomize_batch_norms(model: torch.nn.Module) -> torch.nn.Module:
         m.weight.uniform_(0.5, 1.5)
         m.bias.uniform_(-0.5, 0.5)
   return model
+
+
+def random_twin(name: str, **kwargs) -> torch.nn.Module:
+  """The registered twin of model `name` (torch seed 0, randomised BatchNorms) in eval mode;
+  `kwargs` go to its constructor."""
+  torch.manual_seed(0)
+  return randomize_batch_norms(torch_peer(name, **kwargs)).eval()

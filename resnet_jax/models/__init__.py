@@ -1,4 +1,5 @@
-"""The model zoo: `create_model`, `list_models`, `model_spec`, `count_params`.
+"""The model zoo: `create_model`, `list_models`, `model_spec`, `count_params`, and a model's
+`initial_variables` / `abstract_variables` (shapes only).
 
 Importing a family module registers its variants.
 """
@@ -18,6 +19,14 @@ from resnet_jax.models import (  # noqa: F401
     vgg,
     xception,
 )
-from resnet_jax.models.registry import count_params, create_model, list_models, model_spec
+from resnet_jax.models.registry import (
+    abstract_variables,
+    count_params,
+    create_model,
+    initial_variables,
+    list_models,
+    model_spec,
+)
 
-__all__ = ['count_params', 'create_model', 'list_models', 'model_spec']
+__all__ = ['abstract_variables', 'count_params', 'create_model', 'initial_variables', 'list_models',
+           'model_spec']

@@ -112,9 +112,16 @@ class AlexNet(nn.Module):
 
 
 # torchvision's AlexNet (Krizhevsky 2014, "One weird trick", single tower): 224x224 crops.
-register('alexnet', AlexNet, input_size=224, num_classes=1000)
+register('alexnet', AlexNet, input_size=224, num_classes=1000, classifier='classifier.6',
+         torch_twin='torchvision alexnet', paper_params=61_100_840)
 # Krizhevsky et al. 2012, Sec. 3.5 and Fig. 2: 227x227 input (conv1 11x11/4 unpadded -> 55x55),
 # filters 96/256/384/384/256 with conv2/4/5 split over 2 GPUs, LRN, weights N(0, 0.01) (Sec. 5).
-register('alexnet_original', AlexNet, input_size=227, num_classes=1000,
-         widths=(96, 256, 384, 384, 256), groups=(1, 2, 1, 2, 2), stem_padding=0, lrn=True,
-         pooled_size=None, kernel_init='normal_0.01', unit_bias=True)
+# Parameters: the abstract's "60 million", exactly Fig. 2's layers (weights + biases; a grouped
+# layer sees half the maps):
+#   conv1 96x(11x11x3)+96 = 34,944          conv2 256x(5x5x48)+256 = 307,456
+#   conv3 384x(3x3x256)+384 = 885,120       conv4 384x(3x3x192)+384 = 663,936
+#   conv5 256x(3x3x192)+256 = 442,624       fc6 (6x6x256)x4096+4096 = 37,752,832
+#   fc7 4096x4096+4096 = 16,781,312         fc8 4096x1000+1000 = 4,097,000
+register('alexnet_original', AlexNet, input_size=227, num_classes=1000, classifier='classifier.6',
+         paper_params=60_965_224, widths=(96, 256, 384, 384, 256), groups=(1, 2, 1, 2, 2),
+         stem_padding=0, lrn=True, pooled_size=None, kernel_init='normal_0.01', unit_bias=True)

@@ -165,5 +165,7 @@ class GoogLeNet(nn.Module):
     return logits
 
 
-# Szegedy et al. 2015, Sec. 5: ImageNet, 224x224 crops, 1000 classes.
-register('googlenet', GoogLeNet, input_size=224, in_channels=3, num_classes=1000)
+# Szegedy et al. 2015, Sec. 5: ImageNet, 224x224 crops, 1000 classes. The count is
+# torchvision's googlenet(aux_logits=False); with both auxiliary heads it is 13,004,888.
+register('googlenet', GoogLeNet, input_size=224, in_channels=3, num_classes=1000,
+         classifier='fc', torch_twin='torchvision googlenet', paper_params=6_624_904)

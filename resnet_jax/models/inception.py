@@ -221,5 +221,7 @@ class InceptionV3(nn.Module):
     return logits
 
 
-# Szegedy et al. 2016, Sec. 6: ImageNet at 299x299, 1000 classes.
-register('inception_v3', InceptionV3, input_size=299, in_channels=3, num_classes=1000)
+# Szegedy et al. 2016, Sec. 6: ImageNet at 299x299, 1000 classes. The count is torchvision's
+# inception_v3(aux_logits=False); with the auxiliary head it is 27,161,264.
+register('inception_v3', InceptionV3, input_size=299, in_channels=3, num_classes=1000,
+         classifier='fc', torch_twin='torchvision inception_v3', paper_params=23_834_568)

@@ -417,6 +417,9 @@ class InceptionResNetV2(nn.Module):
     return _head(self, x, train, 'classif')
 
 
-# Szegedy et al. 2016, Figs. 9 and 15: 299x299x3 inputs; ImageNet's 1000 classes.
-register('inception_v4', InceptionV4, input_size=299, in_channels=3, num_classes=1000)
-register('inception_resnet_v2', InceptionResNetV2, input_size=299, in_channels=3, num_classes=1000)
+# Szegedy et al. 2016, Figs. 9 and 15: 299x299x3 inputs; ImageNet's 1000 classes. The classifier
+# names and the counts are timm's.
+register('inception_v4', InceptionV4, input_size=299, in_channels=3, num_classes=1000,
+         classifier='last_linear', torch_twin='timm inception_v4', paper_params=42_679_816)
+register('inception_resnet_v2', InceptionResNetV2, input_size=299, in_channels=3, num_classes=1000,
+         classifier='classif', torch_twin='timm inception_resnet_v2', paper_params=55_843_464)

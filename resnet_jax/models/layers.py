@@ -370,8 +370,8 @@ class BasicConv2d(nn.Module):
     return self.act(self.norm(name='bn')(x))
 
 
-# Regularizers that live inside a model: DropConnect (Wan et al. 2013) and fractional max pooling
-# (Graham 2014). Stochastic depth is the `stochastic_depth` field of resnet.ResNet.
+# A regularizer that lives inside a model: DropConnect (Wan et al. 2013). Stochastic depth is the
+# `stochastic_depth` field of resnet.ResNet; fractional max pooling (Graham 2014) is in fmp.py.
 
 
 class DropConnectDense(nn.Module):
@@ -422,101 +422,3 @@ class DropConnectDense(nn.Module):
     if bias is not None:
       y = y + jnp.where(jax.random.bernoulli(bias_key, keep, y.shape), bias, 0)
     return y / jnp.asarray(keep, y.dtype)
-
-
-FMP_SEQUENCES = ('random', 'pseudo_random')
-FMP_ALPHA = 2 ** 0.5  # Graham 2014, Sec. 4: FMP sqrt(2) on MNIST and CIFAR-100 (cube root of 2 too)
-
-
-def fmp_output_size(n: int, alpha: float = FMP_ALPHA) -> int:
-  """Side of a fractional max pooling by `alpha` of a side of `n`: round(n / alpha).
-
-  Graham's nets fix the output side and take N_in = round(alpha * N_out) (his SparseConvNet
-  code, `calculateInputSpatialSize`); rounding n / alpha gives back those sizes, e.g. his MNIST
-  net's 36 -> 35 -> 25 -> 24 -> 17 ... -> 3 -> 2 under six (C2 - FMP sqrt 2) layers, where
-  floor(n / alpha) would give 24, 16, ... and run out of rows.
-  """
-  if not 1.0 < alpha < 2.0:
-    raise ValueError(f'fractional max pooling needs 1 < alpha < 2, got {alpha}')
-  return int(n / alpha + 0.5)
-
-
-def fmp_sequence(key: jax.Array, n: int, n_out: int, *, sequence: str = 'pseudo_random',
-                 overlapping: bool = True) -> jax.Array:
-  """The pooling boundaries a_0 = 0 < a_1 < ... < a_{n_out} (int32) of one side of `n` rows.
-
-  Graham 2014, Sec. 2: the increments a_i - a_{i-1} are all 1 or 2. The sequence ends at n for
-  `disjoint` regions [a_{i-1}, a_i - 1] (a partition of the rows) and at n - 1 for
-  `overlapping` regions [a_{i-1}, a_i] (sizes 2 or 3, neighbours share their boundary row): the
-  paper's 1..N_in, 0-based, which is what the overlapping regions cover exactly.
-  `sequence='random'`: a random permutation of the right number of 1s and 2s.
-  `sequence='pseudo_random'`: a_i = ceil(alpha (i + u)) - ceil(alpha u), u ~ U(0, 1), with alpha
-  the ratio (last boundary) / n_out so that the sequence ends exactly on the last row (Graham's
-  code does the same); computed in integers, ceil((T i + w) / n_out) with w = ceil(T u).
-  """
-  total = n - 1 if overlapping else n
-  if not n_out <= total <= 2 * n_out:
-    kind = 'overlapping' if overlapping else 'disjoint'
-    raise ValueError(f'{kind} fractional max pooling cannot take {n} rows to {n_out} with '
-                     f'increments of 1 or 2 (need {n_out} <= {total} <= {2 * n_out})')
-  if sequence == 'random':
-    steps = jnp.where(jnp.arange(n_out) < total - n_out, 2, 1).astype(jnp.int32)
-    steps = jax.random.permutation(key, steps)
-    return jnp.concatenate([jnp.zeros((1,), jnp.int32), jnp.cumsum(steps, dtype=jnp.int32)])
-  if sequence == 'pseudo_random':
-    # ceil((T i + T u) / n_out) == ceil((T i + ceil(T u)) / n_out) for integers T i and n_out.
-    w = jax.random.randint(key, (), 1, total + 1, dtype=jnp.int32)
-    i = jnp.arange(n_out + 1, dtype=jnp.int32)
-    return -((-(total * i + w)) // n_out) + ((-w) // n_out)
-  raise ValueError(f'unknown FMP sequence {sequence!r}; valid: {", ".join(FMP_SEQUENCES)}')
-
-
-def fmp_regions(a: jax.Array, overlapping: bool) -> tuple[jax.Array, jax.Array]:
-  """(first, last) row of each pooling region, both inclusive, from a boundary sequence `a`."""
-  return a[:-1], (a[1:] if overlapping else a[1:] - 1)
-
-
-def _fmp_axis(x: jax.Array, a: jax.Array, overlapping: bool, axis: int) -> jax.Array:
-  """Max over each region along `axis`: a gather of the region's rows (the last one repeated to
-  pad a short region to the longest, 3 or 2) and a max over them."""
-  first, last = fmp_regions(a, overlapping)
-  offsets = jnp.arange(3 if overlapping else 2, dtype=a.dtype)
-  rows = jnp.minimum(first[None, :] + offsets[:, None], last[None, :])
-  return functools.reduce(jnp.maximum, [jnp.take(x, r, axis=axis) for r in rows])
-
-
-def fmp_boundaries(key: jax.Array, size: tuple[int, int], alpha: float = FMP_ALPHA, *,
-                   sequence: str = 'pseudo_random',
-                   overlapping: bool = True) -> tuple[jax.Array, jax.Array]:
-  """The row and column boundary sequences (independent draws, fmp_sequence) that
-  fractional_max_pool uses on an H x W map, `size` = (H, W)."""
-  return tuple(
-      fmp_sequence(k, n, fmp_output_size(n, alpha), sequence=sequence, overlapping=overlapping)
-      for k, n in zip(jax.random.split(key), size))
-
-
-def fractional_max_pool(x: jax.Array, key: jax.Array, alpha: float = FMP_ALPHA, *,
-                        sequence: str = 'pseudo_random', overlapping: bool = True) -> jax.Array:
-  """Fractional max pooling (Graham 2014, "Fractional Max-Pooling", Sec. 2) of an NHWC batch.
-
-  Each side n becomes fmp_output_size(n, alpha), with the regions of fmp_boundaries(key, ...).
-  One draw serves the whole batch (Graham's code draws the regions once per layer per
-  minibatch); a data-parallel step gives each device its own key, hence its own regions. Max
-  pooling is separable over rectangles, so the rows are pooled, then the columns.
-  """
-  rows, cols = fmp_boundaries(key, x.shape[1:3], alpha, sequence=sequence,
-                              overlapping=overlapping)
-  return _fmp_axis(_fmp_axis(x, rows, overlapping, 1), cols, overlapping, 2)
-
-
-class FractionalMaxPool(nn.Module):
-  """fractional_max_pool with its regions drawn from the `fmp` RNG stream at every call."""
-
-  alpha: float = FMP_ALPHA
-  sequence: str = 'pseudo_random'
-  overlapping: bool = True
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    return fractional_max_pool(x, self.make_rng('fmp'), self.alpha, sequence=self.sequence,
-                               overlapping=self.overlapping)

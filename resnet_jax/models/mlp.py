@@ -74,6 +74,7 @@ def hidden_outputs(intermediates: dict, which: str = 'post') -> list[jax.Array]:
 
 
 # MNIST-sized: 28x28 grey digits, 10 classes.
-register('mlp', MLP, input_size=28, in_channels=1, num_classes=10)
+register('mlp', MLP, input_size=28, in_channels=1, num_classes=10, classifier='head')
 # Klambauer et al. 2017, Sec. 4: self-normalizing nets of 8 to 32 layers; 32 is the deep end.
-register('mlp_deep', MLP, input_size=28, in_channels=1, num_classes=10, depth=32)
+register('mlp_deep', MLP, input_size=28, in_channels=1, num_classes=10, classifier='head',
+         depth=32)

@@ -121,11 +121,12 @@ class MobileNetV1(nn.Module):
 
 
 # Howard et al. 2017, Sec. 5: ImageNet at 224x224, 1000 classes; Table 6: widths 1, 0.75, 0.5,
-# 0.25 (4.2M, 2.6M, 1.3M, 0.5M parameters).
-register('mobilenet_v1', MobileNetV1, input_size=224, in_channels=3, num_classes=1000)
-register('mobilenet_v1_075', MobileNetV1, input_size=224, in_channels=3, num_classes=1000,
-         width=0.75)
-register('mobilenet_v1_050', MobileNetV1, input_size=224, in_channels=3, num_classes=1000,
-         width=0.5)
-register('mobilenet_v1_025', MobileNetV1, input_size=224, in_channels=3, num_classes=1000,
-         width=0.25)
+# 0.25 (4.2M, 2.6M, 1.3M, 0.5M parameters). Width 1 is timm's mobilenetv1_100, 4,231,976 of
+# them; timm has no twin of the narrower nets (alpha * c is already a multiple of 8 for every
+# layer at these widths, so its channel rounding would leave the paper's layout as it is).
+_IMAGENET = dict(input_size=224, in_channels=3, num_classes=1000, classifier='classifier')
+register('mobilenet_v1', MobileNetV1, **_IMAGENET, torch_twin='timm mobilenetv1_100',
+         paper_params=4_231_976)
+register('mobilenet_v1_075', MobileNetV1, **_IMAGENET, paper_params=2_600_000, width=0.75)
+register('mobilenet_v1_050', MobileNetV1, **_IMAGENET, paper_params=1_300_000, width=0.5)
+register('mobilenet_v1_025', MobileNetV1, **_IMAGENET, paper_params=500_000, width=0.25)

@@ -75,13 +75,16 @@ class NiN(nn.Module):
     return x.astype(jnp.float32)
 
 
-# Zhang et al., Dive into Deep Learning, Sec. 8.3: AlexNet-like geometry, 224x224 ImageNet.
-register('nin', NiN, input_size=224, num_classes=1000,
+# Zhang et al., Dive into Deep Learning, Sec. 8.3: AlexNet-like geometry, 224x224 ImageNet. NiN
+# has no dense classifier: the last mlpconv's last 1x1 convolution gives one map per class, and
+# the global average pool makes them the logits (Lin et al. 2014, Sec. 3.2). Neither text gives
+# a parameter count.
+register('nin', NiN, input_size=224, num_classes=1000, classifier='mlpconv4.cccp2',
          blocks=((11, 4, 0, (96, 96, 96)), (5, 1, 2, (256, 256, 256)), (3, 1, 1, (384, 384, 384)),
                  (3, 1, 1, (None, None, None))),
          dropout_blocks=(2,))
 # Lin et al. 2014, Sec. 4.2 (and the authors' CIFAR-10 release): 32x32 input, 10 classes.
-register('cifar_nin', NiN, input_size=32, num_classes=10,
+register('cifar_nin', NiN, input_size=32, num_classes=10, classifier='mlpconv3.cccp2',
          blocks=((5, 1, 2, (192, 160, 96)), (5, 1, 2, (192, 192, 192)),
                  (3, 1, 1, (192, 192, None))),
          dropout_blocks=(0, 1), pool_ceil_mode=True)

@@ -1,7 +1,10 @@
-"""Model registry: each variant is one `register(...)` line binding arguments to a module class.
+"""Model registry: each variant is one `register(...)` line binding arguments to a module class,
+with its metadata beside it (as timm's default_cfgs): input size and channels, class count, the
+classifier's path in `params`, the torch twin and the parameter count the paper or twin reports.
+This is the one place that metadata is kept; convert.py, torch_peers.py and the benchmark read it.
 
-`create_model`, `list_models`, `model_spec` and `count_params` are the public face of
-`resnet_jax.models`.
+`create_model`, `list_models`, `model_spec`, `count_params`, `initial_variables` and
+`abstract_variables` are the public face of `resnet_jax.models`.
 """
 from __future__ import annotations
 
@@ -23,6 +26,9 @@ class _Entry:
   input_size: int
   in_channels: int
   num_classes: int
+  classifier: str  # The classifier's module path in `params`, '/'-joined ('head', 'body/output').
+  torch_twin: str | None = None  # 'torchvision resnet18', 'timm legacy_xception' (torch_peers).
+  paper_params: int | None = None  # The parameter count the paper (or the twin) reports.
 
 
 _REGISTRY: dict[str, _Entry] = {}
@@ -40,6 +46,9 @@ def register(
     input_size: int,
     in_channels: int = 3,
     num_classes: int = 1000,
+    classifier: str,
+    torch_twin: str | None = None,
+    paper_params: int | None = None,
     **kwargs: Any,
 ) -> None:
   """Registers `name` as `module(**kwargs)`.
@@ -47,13 +56,24 @@ def register(
   `input_size` (side of the square input), `in_channels` and `num_classes` describe the data the
   paper used; they go into `model_spec`, and `num_classes` is also the default of `count_params`.
   `create_model` always takes `num_classes` explicitly.
+
+  `classifier`: the module whose kernel gives the logits, as its '/'-joined path in `params`
+  (its kernel's last axis is num_classes; the tests check it for every model).
+  `torch_twin`: '<library> <constructor>' of the torch model whose logits ours equal after
+  `convert.from_torch` ('torchvision resnet18', 'timm legacy_xception',
+  'resnet_jax.torch_peers CifarResNet'), or None. `paper_params`: the parameter count the paper
+  or the twin reports, at `num_classes`; a count the paper rounds is given with its zeros
+  (0.27M: 270_000) and matched at that precision.
   """
   if name in _REGISTRY:
     raise ValueError(f'model {name!r} is already registered')
   unknown = sorted(set(kwargs) - _module_fields(module))
   if unknown:
     raise TypeError(f'register({name!r}): {module.__name__} has no argument {", ".join(unknown)}')
-  _REGISTRY[name] = _Entry(module, dict(kwargs), input_size, in_channels, num_classes)
+  if torch_twin is not None and len(torch_twin.split()) != 2:
+    raise ValueError(f"register({name!r}): torch_twin {torch_twin!r} is not '<library> <name>'")
+  _REGISTRY[name] = _Entry(module, dict(kwargs), input_size, in_channels, num_classes,
+                           classifier, torch_twin, paper_params)
 
 
 def _entry(name: str) -> _Entry:
@@ -72,7 +92,8 @@ def list_models() -> list[str]:
 
 
 def model_spec(name: str) -> dict[str, Any]:
-  """What a registered model expects (input_size, in_channels, num_classes) and what it binds."""
+  """What a registered model expects (input_size, in_channels, num_classes), what it binds, and
+  its metadata (classifier, torch_twin, paper_params; see `register`)."""
   entry = _entry(name)
   return {
       'name': name,
@@ -80,6 +101,9 @@ def model_spec(name: str) -> dict[str, Any]:
       'input_size': entry.input_size,
       'in_channels': entry.in_channels,
       'num_classes': entry.num_classes,
+      'classifier': entry.classifier,
+      'torch_twin': entry.torch_twin,
+      'paper_params': entry.paper_params,
       'kwargs': dict(entry.kwargs),
   }
 
@@ -115,19 +139,15 @@ def _count_params(name: str, num_classes: int, overrides: dict[str, Any]) -> int
     # Same parameter count, but the trace costs O(stages) instead of O(depth).
     overrides = {'scan_blocks': True, **overrides}
   model = create_model(name, num_classes=num_classes, **overrides)
-  shape = (1, entry.input_size, entry.input_size, entry.in_channels)
-  x = jax.ShapeDtypeStruct(shape, jnp.float32)
-  rngs = {'params': jax.random.key(0), 'dropout': jax.random.key(1)}
   # Shapes only: abstract evaluation allocates nothing and runs no convolution.
-  variables = jax.eval_shape(functools.partial(model.init, train=False), rngs, x)
-  leaves = jax.tree_util.tree_leaves(variables.get('params', {}))
-  return sum(math.prod(leaf.shape) for leaf in leaves)
+  variables = abstract_variables(model, (entry.input_size, entry.input_size, entry.in_channels))
+  return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(variables['params']))
 
 
 def count_params(name: str, num_classes: int | None = None, **overrides: Any) -> int:
   """Number of trainable parameters (the `params` collection only) of a registered model.
 
-  Computed from shapes with `jax.eval_shape`, never by initializing. Modules with a `scan_blocks`
+  Computed from shapes (`abstract_variables`), never by initializing. Modules with a `scan_blocks`
   field are traced with it on (identical count, a far shorter trace for 1000-layer nets). Results
   are cached. `num_classes` defaults to the class count in `model_spec(name)`.
   """
@@ -139,3 +159,20 @@ def count_params(name: str, num_classes: int | None = None, **overrides: Any) ->
   except TypeError:  # an unhashable override value (a list, say) cannot be a cache key
     return _count_params(name, num_classes, overrides)
   return _count_params_cached(name, num_classes, key)
+
+
+def initial_variables(model: nn.Module, rng: jax.Array, image_shape: tuple[int, ...]) -> dict:
+  """{'params', 'batch_stats'} of a freshly initialised `model` for [H, W, C] images (fp32).
+
+  An 'fmp' key too: fractional max pooling draws its regions in evaluation mode as well. No
+  'dropout' or 'drop_path' key: every model draws those only in training (train=True).
+  """
+  rngs = {'params': rng, 'fmp': jax.random.fold_in(rng, 1)}
+  variables = model.init(rngs, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+  return {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})}
+
+
+def abstract_variables(model: nn.Module, image_shape: tuple[int, ...]) -> dict:
+  """`initial_variables`' shapes and dtypes (jax.ShapeDtypeStruct leaves), computing nothing."""
+  return jax.eval_shape(functools.partial(initial_variables, model, image_shape=image_shape),
+                        jax.random.key(0))

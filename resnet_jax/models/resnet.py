@@ -363,40 +363,67 @@ class ResNet(nn.Module):
 
 
 # He et al. 2015, Table 1: ImageNet nets, 224x224 crops, 1000 classes, widths 64/128/256/512.
-_IMAGENET = dict(input_size=224, num_classes=1000, stem='imagenet', widths=(64, 128, 256, 512))
-register('resnet18', ResNet, stage_sizes=(2, 2, 2, 2), block='basic', **_IMAGENET)
-register('resnet34', ResNet, stage_sizes=(3, 4, 6, 3), block='basic', **_IMAGENET)
-register('resnet50', ResNet, stage_sizes=(3, 4, 6, 3), block='bottleneck', **_IMAGENET)
-register('resnet101', ResNet, stage_sizes=(3, 4, 23, 3), block='bottleneck', **_IMAGENET)
-register('resnet152', ResNet, stage_sizes=(3, 8, 36, 3), block='bottleneck', **_IMAGENET)
+# The paper gives no parameter counts for them: the counts are torchvision's (sum of numel).
+_IMAGENET = dict(input_size=224, num_classes=1000, classifier='head', stem='imagenet',
+                 widths=(64, 128, 256, 512))
+register('resnet18', ResNet, stage_sizes=(2, 2, 2, 2), block='basic', **_IMAGENET,
+         torch_twin='torchvision resnet18', paper_params=11_689_512)
+register('resnet34', ResNet, stage_sizes=(3, 4, 6, 3), block='basic', **_IMAGENET,
+         torch_twin='torchvision resnet34', paper_params=21_797_672)
+register('resnet50', ResNet, stage_sizes=(3, 4, 6, 3), block='bottleneck', **_IMAGENET,
+         torch_twin='torchvision resnet50', paper_params=25_557_032)
+register('resnet101', ResNet, stage_sizes=(3, 4, 23, 3), block='bottleneck', **_IMAGENET,
+         torch_twin='torchvision resnet101', paper_params=44_549_160)
+register('resnet152', ResNet, stage_sizes=(3, 8, 36, 3), block='bottleneck', **_IMAGENET,
+         torch_twin='torchvision resnet152', paper_params=60_192_808)
 
-# He et al. 2015, Sec. 4.2: 3 stages of n units (6n+2 layers), filters 16/32/64, option A.
-_CIFAR = dict(input_size=32, num_classes=10, stem='cifar', widths=(16, 32, 64))
-register('cifar_resnet20', ResNet, stage_sizes=(3, 3, 3), shortcut='A', **_CIFAR)
-register('cifar_resnet32', ResNet, stage_sizes=(5, 5, 5), shortcut='A', **_CIFAR)
-register('cifar_resnet44', ResNet, stage_sizes=(7, 7, 7), shortcut='A', **_CIFAR)
-register('cifar_resnet56', ResNet, stage_sizes=(9, 9, 9), shortcut='A', **_CIFAR)
-register('cifar_resnet110', ResNet, stage_sizes=(18, 18, 18), shortcut='A', **_CIFAR)
-register('cifar_resnet1202', ResNet, stage_sizes=(200, 200, 200), shortcut='A', **_CIFAR)
+# He et al. 2015, Sec. 4.2: 3 stages of n units (6n+2 layers), filters 16/32/64, option A;
+# Table 6: 0.27M, 0.46M, 0.66M, 0.85M, 1.7M, 19.4M parameters. No library has them: their torch
+# twin is torch_peers.CifarResNet, written with our module names.
+_CIFAR = dict(input_size=32, num_classes=10, classifier='head', stem='cifar', widths=(16, 32, 64))
+_CIFAR_TWIN = 'resnet_jax.torch_peers CifarResNet'
+register('cifar_resnet20', ResNet, stage_sizes=(3, 3, 3), shortcut='A', **_CIFAR,
+         torch_twin=_CIFAR_TWIN, paper_params=270_000)
+register('cifar_resnet32', ResNet, stage_sizes=(5, 5, 5), shortcut='A', **_CIFAR,
+         torch_twin=_CIFAR_TWIN, paper_params=460_000)
+register('cifar_resnet44', ResNet, stage_sizes=(7, 7, 7), shortcut='A', **_CIFAR,
+         torch_twin=_CIFAR_TWIN, paper_params=660_000)
+register('cifar_resnet56', ResNet, stage_sizes=(9, 9, 9), shortcut='A', **_CIFAR,
+         torch_twin=_CIFAR_TWIN, paper_params=850_000)
+register('cifar_resnet110', ResNet, stage_sizes=(18, 18, 18), shortcut='A', **_CIFAR,
+         torch_twin=_CIFAR_TWIN, paper_params=1_700_000)
+register('cifar_resnet1202', ResNet, stage_sizes=(200, 200, 200), shortcut='A', **_CIFAR,
+         torch_twin=_CIFAR_TWIN, paper_params=19_400_000)
 
-# He et al. 2015, Sec. 4.2, Fig. 6 left: the plain counterparts, same layers without shortcuts.
-register('plain20', ResNet, stage_sizes=(3, 3, 3), residual=False, **_CIFAR)
-register('plain32', ResNet, stage_sizes=(5, 5, 5), residual=False, **_CIFAR)
-register('plain44', ResNet, stage_sizes=(7, 7, 7), residual=False, **_CIFAR)
-register('plain56', ResNet, stage_sizes=(9, 9, 9), residual=False, **_CIFAR)
-register('plain110', ResNet, stage_sizes=(18, 18, 18), residual=False, **_CIFAR)
+# He et al. 2015, Sec. 4.2, Fig. 6 left: the plain counterparts, same layers without shortcuts
+# (the paper gives them no parameter count; option A adds none, so they are the ResNets').
+register('plain20', ResNet, stage_sizes=(3, 3, 3), residual=False, **_CIFAR, torch_twin=_CIFAR_TWIN)
+register('plain32', ResNet, stage_sizes=(5, 5, 5), residual=False, **_CIFAR, torch_twin=_CIFAR_TWIN)
+register('plain44', ResNet, stage_sizes=(7, 7, 7), residual=False, **_CIFAR, torch_twin=_CIFAR_TWIN)
+register('plain56', ResNet, stage_sizes=(9, 9, 9), residual=False, **_CIFAR, torch_twin=_CIFAR_TWIN)
+register('plain110', ResNet, stage_sizes=(18, 18, 18), residual=False, **_CIFAR,
+         torch_twin=_CIFAR_TWIN)
 
 # He et al. 2016 on ImageNet, timm's ResNetV2 layout (resnetv2_50 ...): no stem BN, final BN-ReLU.
+# The counts are timm's.
 _V2_IMAGENET = dict(preact=True, shortcut='B', **_IMAGENET)
-register('preact_resnet18', ResNet, stage_sizes=(2, 2, 2, 2), block='basic', **_V2_IMAGENET)
-register('preact_resnet34', ResNet, stage_sizes=(3, 4, 6, 3), block='basic', **_V2_IMAGENET)
-register('preact_resnet50', ResNet, stage_sizes=(3, 4, 6, 3), block='bottleneck', **_V2_IMAGENET)
-register('preact_resnet101', ResNet, stage_sizes=(3, 4, 23, 3), block='bottleneck', **_V2_IMAGENET)
-register('preact_resnet152', ResNet, stage_sizes=(3, 8, 36, 3), block='bottleneck', **_V2_IMAGENET)
+register('preact_resnet18', ResNet, stage_sizes=(2, 2, 2, 2), block='basic', **_V2_IMAGENET,
+         torch_twin='timm resnetv2_18', paper_params=11_687_720)
+register('preact_resnet34', ResNet, stage_sizes=(3, 4, 6, 3), block='basic', **_V2_IMAGENET,
+         torch_twin='timm resnetv2_34', paper_params=21_795_880)
+register('preact_resnet50', ResNet, stage_sizes=(3, 4, 6, 3), block='bottleneck', **_V2_IMAGENET,
+         torch_twin='timm resnetv2_50', paper_params=25_549_352)
+register('preact_resnet101', ResNet, stage_sizes=(3, 4, 23, 3), block='bottleneck',
+         **_V2_IMAGENET, torch_twin='timm resnetv2_101', paper_params=44_541_480)
+register('preact_resnet152', ResNet, stage_sizes=(3, 8, 36, 3), block='bottleneck',
+         **_V2_IMAGENET, torch_twin='timm resnetv2_152', paper_params=60_185_128)
 
 # He et al. 2016, Sec. 5, Table 3: CIFAR v2 nets, bottleneck depth 9n+2 (164: n=18, 1001: n=111),
 # outputs 64/128/256; projections where the shape changes, as the authors' resnet-pre-act.lua.
+# Table 3: 1.7M and 10.2M parameters; the 10.2M leaves out BatchNorm's scales and offsets.
 _V2_CIFAR = dict(preact=True, shortcut='B', **_CIFAR)
 register('preact_resnet110', ResNet, stage_sizes=(18, 18, 18), block='basic', **_V2_CIFAR)
-register('preact_resnet164', ResNet, stage_sizes=(18, 18, 18), block='bottleneck', **_V2_CIFAR)
-register('preact_resnet1001', ResNet, stage_sizes=(111,) * 3, block='bottleneck', **_V2_CIFAR)
+register('preact_resnet164', ResNet, stage_sizes=(18, 18, 18), block='bottleneck', **_V2_CIFAR,
+         paper_params=1_700_000)
+register('preact_resnet1001', ResNet, stage_sizes=(111,) * 3, block='bottleneck', **_V2_CIFAR,
+         paper_params=10_200_000)

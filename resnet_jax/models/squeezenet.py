@@ -97,8 +97,13 @@ class SqueezeNet(nn.Module):
     return x.astype(jnp.float32)
 
 
-# Iandola et al. 2016, Table 1: 224x224 ImageNet crops; squeeze/expand filters of fire2..fire9.
-register('squeezenet1_0', SqueezeNet, input_size=224, num_classes=1000)
+# Iandola et al. 2016, Table 1: 224x224 ImageNet crops; squeeze/expand filters of fire2..fire9;
+# 1,248,424 parameters (torchvision's too). The classifier is conv10, a 1x1 convolution to one
+# map per class, averaged into the logits (torchvision's classifier.1).
+register('squeezenet1_0', SqueezeNet, input_size=224, num_classes=1000, classifier='classifier.1',
+         torch_twin='torchvision squeezenet1_0', paper_params=1_248_424)
 # SqueezeNet v1.1 (the authors' release notes): 3x3 stem of 64 filters, pools before fire4, fire6.
-register('squeezenet1_1', SqueezeNet, input_size=224, num_classes=1000, stem_width=64,
+# The count is torchvision's.
+register('squeezenet1_1', SqueezeNet, input_size=224, num_classes=1000, classifier='classifier.1',
+         torch_twin='torchvision squeezenet1_1', paper_params=1_235_496, stem_width=64,
          stem_kernel=3, pool_before=(2, 4))

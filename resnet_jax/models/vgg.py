@@ -103,16 +103,27 @@ CONFIGS = {
     'E': ((2, 64), (2, 128), (4, 256), (4, 512), (4, 512)),  # VGG-19
 }
 
-# Sec. 3.1: 224x224 crops of ImageNet, 1000 classes; configurations A, B, D, E of Table 1.
-register('vgg11', VGG, input_size=224, num_classes=1000, blocks=CONFIGS['A'])
-register('vgg13', VGG, input_size=224, num_classes=1000, blocks=CONFIGS['B'])
-register('vgg16', VGG, input_size=224, num_classes=1000, blocks=CONFIGS['D'])
-register('vgg19', VGG, input_size=224, num_classes=1000, blocks=CONFIGS['E'])
-register('vgg11_bn', VGG, input_size=224, num_classes=1000, blocks=CONFIGS['A'], batch_norm=True)
-register('vgg13_bn', VGG, input_size=224, num_classes=1000, blocks=CONFIGS['B'], batch_norm=True)
-register('vgg16_bn', VGG, input_size=224, num_classes=1000, blocks=CONFIGS['D'], batch_norm=True)
-register('vgg19_bn', VGG, input_size=224, num_classes=1000, blocks=CONFIGS['E'], batch_norm=True)
+# Sec. 3.1: 224x224 crops of ImageNet, 1000 classes; configurations A, B, D, E of Table 1. Table 2
+# rounds their counts to millions (133, 133, 138, 144): these are torchvision's exact ones.
+_IMAGENET = dict(input_size=224, num_classes=1000, classifier='classifier.6')
+register('vgg11', VGG, **_IMAGENET, torch_twin='torchvision vgg11', paper_params=132_863_336,
+         blocks=CONFIGS['A'])
+register('vgg13', VGG, **_IMAGENET, torch_twin='torchvision vgg13', paper_params=133_047_848,
+         blocks=CONFIGS['B'])
+register('vgg16', VGG, **_IMAGENET, torch_twin='torchvision vgg16', paper_params=138_357_544,
+         blocks=CONFIGS['D'])
+register('vgg19', VGG, **_IMAGENET, torch_twin='torchvision vgg19', paper_params=143_667_240,
+         blocks=CONFIGS['E'])
+# With BatchNorm (not in the paper): each adds 2 x (its convolutions' filters) scales and biases.
+register('vgg11_bn', VGG, **_IMAGENET, torch_twin='torchvision vgg11_bn',
+         paper_params=132_868_840, blocks=CONFIGS['A'], batch_norm=True)
+register('vgg13_bn', VGG, **_IMAGENET, torch_twin='torchvision vgg13_bn',
+         paper_params=133_053_736, blocks=CONFIGS['B'], batch_norm=True)
+register('vgg16_bn', VGG, **_IMAGENET, torch_twin='torchvision vgg16_bn',
+         paper_params=138_365_992, blocks=CONFIGS['D'], batch_norm=True)
+register('vgg19_bn', VGG, **_IMAGENET, torch_twin='torchvision vgg19_bn',
+         paper_params=143_678_248, blocks=CONFIGS['E'], batch_norm=True)
 
 # Configuration D with BatchNorm on 32x32 CIFAR-10; five pools leave 1x1x512 for a linear head.
-register('cifar_vgg16', VGG, input_size=32, num_classes=10, blocks=CONFIGS['D'], batch_norm=True,
-         head='cifar')
+register('cifar_vgg16', VGG, input_size=32, num_classes=10, classifier='classifier',
+         blocks=CONFIGS['D'], batch_norm=True, head='cifar')

@@ -149,5 +149,7 @@ class Xception(nn.Module):
     return x.astype(jnp.float32)
 
 
-# Chollet 2017, Sec. 4.1: ImageNet at 299x299, 1000 classes; Table 3: 22,855,952 parameters.
-register('xception', Xception, input_size=299, in_channels=3, num_classes=1000)
+# Chollet 2017, Sec. 4.1: ImageNet at 299x299, 1000 classes; Table 3: 22,855,952 parameters (and
+# timm's legacy_xception, whose module names ours are).
+register('xception', Xception, input_size=299, in_channels=3, num_classes=1000, classifier='fc',
+         torch_twin='timm legacy_xception', paper_params=22_855_952)
