@@ -19,7 +19,9 @@ from absl import app, flags, logging
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from experiments.configs import complexity as complexity_config  # noqa: E402
-from resnet_jax import benchmark  # noqa: E402
+from resnet_jax import xla_flags  # noqa: E402
+from resnet_jax.bench.complexity import natural_key  # noqa: E402
+from resnet_jax.bench.step import step_row  # noqa: E402
 from resnet_jax.models import list_models, model_spec  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where the CSV and PNG go.', required=True)
@@ -34,15 +36,15 @@ FIELDS = ['model', 'params', 'gflops', 'latency_ms', 'batch', 'images_per_sec', 
 
 def imagenet_models() -> list[str]:
   return sorted((m for m in list_models() if model_spec(m)['num_classes'] == 1000),
-                key=benchmark.natural_key)
+                key=natural_key)
 
 
 def measure(name: str, config) -> dict:
   peak = 1.0  # MFU is not reported here; the timing and FLOP counts do not depend on it.
   timing = dict(image_size=None, dtype=config.dtype, mode='infer', vs_torch=False,
                 torch_compile=False, peak_flops=peak)
-  single = benchmark.step_row(name, **config.latency, **timing)
-  batched = benchmark.step_row(name, **config.throughput, **timing)
+  single = step_row(name, **config.latency, **timing)
+  batched = step_row(name, **config.throughput, **timing)
   top1, source = complexity_config.REPORTED_TOP1.get(name, (None, ''))
   return {'model': name, 'params': single['params'], 'gflops': single['flops_per_step'] / 1e9,
           'latency_ms': 1e3 / single['steps_per_sec'], 'batch': batched['batch'],
@@ -108,4 +110,5 @@ def main(argv) -> None:
 
 
 if __name__ == '__main__':
+  xla_flags.set_cpu_defaults()  # Before JAX starts its backends.
   app.run(main)
