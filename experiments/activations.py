@@ -21,7 +21,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from experiments.configs import activations as activations_config  # noqa: E402
 from experiments.shared_data import image_folder  # noqa: E402
-from resnet_jax import train  # noqa: E402
+from resnet_jax import train, xla_flags  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where the runs, CSV and PNG go.', required=True)
 _BUDGET = flags.DEFINE_enum('budget', 'cpu', ['cpu', 'full'], 'cpu: 1 epoch each; full: 10.')
@@ -80,4 +80,5 @@ def main(argv) -> None:
 
 
 if __name__ == '__main__':
+  xla_flags.set_cpu_defaults()  # Before JAX starts its backends.
   app.run(main)

@@ -22,7 +22,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from experiments.configs import degradation as degradation_config  # noqa: E402
 from experiments.shared_data import image_folder  # noqa: E402
-from resnet_jax import train  # noqa: E402
+from resnet_jax import metrics, train, xla_flags  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where the runs, CSV and PNG go.', required=True)
 _BUDGET = flags.DEFINE_enum('budget', 'cpu', ['cpu', 'full'],
@@ -38,7 +38,7 @@ def error_curve(model: str, run_dir: str) -> list[dict]:
   """One row per logged step: 1 - the training accuracy of the interval ending there, and
   1 - the validation accuracy where an evaluation ran."""
   rows = []
-  for step, scalars in train.read_metrics(run_dir).items():
+  for step, scalars in metrics.read_metrics(run_dir).items():
     if 'train/accuracy' not in scalars and 'eval/accuracy' not in scalars:
       continue
     error = lambda key: f'{1 - scalars[key]:.4f}' if key in scalars else ''  # noqa: E731
@@ -114,4 +114,5 @@ def main(argv) -> None:
 
 
 if __name__ == '__main__':
+  xla_flags.set_cpu_defaults()  # Before JAX starts its backends.
   app.run(main)

@@ -4,7 +4,7 @@
       [--members=K] [--epochs=E]
 
 Trains K members (one per seed 0..K-1) together in one vmapped program
-(resnet_jax.evaluate.train_seed_ensemble; experiments/configs/ensembles.py has the two budgets) on
+(resnet_jax.sweep.train_seed_ensemble; experiments/configs/ensembles.py has the two budgets) on
 the CIFAR-10 JPEG folder (by default unpacked from ../shared/data/cifar10-train-jpeg.tar.gz into
 DIR/data, the cpu budget's share of each class only), with a validation split held out by
 config.dataset.val_fraction. Each member is saved as a normal run in DIR/seed_K (a rerun resumes
@@ -23,7 +23,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from experiments.configs import ensembles as ensembles_config  # noqa: E402
 from experiments.shared_data import image_folder  # noqa: E402
-from resnet_jax import evaluate  # noqa: E402
+from resnet_jax import evaluate, sweep, xla_flags  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where the members, CSV and PNG go.', required=True)
 _BUDGET = flags.DEFINE_enum('budget', 'cpu', list(ensembles_config.BUDGETS),
@@ -72,7 +72,7 @@ def main(argv) -> None:
   if _EPOCHS.value:
     config.num_epochs = _EPOCHS.value
   members = _MEMBERS.value or ensembles_config.MEMBERS[budget]
-  rows = evaluate.train_seed_ensemble(config, range(members), workdir, modes=MODES)
+  rows = sweep.train_seed_ensemble(config, range(members), workdir, modes=MODES)
   # Members first (center, then 10-crop), the ensemble last.
   rows.sort(key=lambda r: (r['model'] == 'ensemble', MODES.index(r['eval_mode'])))
   evaluate.write_csv(os.path.join(workdir, 'ensembles.csv'), rows)
@@ -88,4 +88,5 @@ def main(argv) -> None:
 
 
 if __name__ == '__main__':
+  xla_flags.set_cpu_defaults()  # Before JAX starts its backends.
   app.run(main)

@@ -23,6 +23,7 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from experiments.configs import init_study as study_config  # noqa: E402
+from resnet_jax import xla_flags  # noqa: E402
 from resnet_jax.models import create_model  # noqa: E402
 from resnet_jax.models.mlp import hidden_outputs  # noqa: E402
 
@@ -101,4 +102,5 @@ def main(argv) -> None:
 
 
 if __name__ == '__main__':
+  xla_flags.set_cpu_defaults()  # Before JAX starts its backends.
   app.run(main)

@@ -29,7 +29,7 @@ from absl import app, flags, logging
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from experiments.configs import transfer as transfer_config  # noqa: E402
-from resnet_jax import optim, train  # noqa: E402
+from resnet_jax import train, xla_flags  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where the runs, CSV and PNG go.', required=True)
 _BUDGET = flags.DEFINE_enum('budget', 'cpu', ['cpu', 'full'], 'experiments/configs/transfer.py')
@@ -94,22 +94,22 @@ def image_folder(source: str, dest: str, per_class: int) -> str:
 
 
 def with_fresh_head(pretrained: str, out: str, config) -> str:
-  """The variables of the run in `pretrained` with the classifier head (optim.param_groups) of a
+  """The variables of the run in `pretrained` with the classifier (models.model_spec) of a
   fresh initialisation of `config` (the head its from-scratch run starts with), saved at `out`
   for config.init_from: the fine-tuning starts with a new head even when the class counts match."""
   if os.path.isdir(out):
     return out
   import jax
 
-  from resnet_jax import convert, data
+  from resnet_jax import convert, data, models
   variables = convert.load_variables(pretrained)
   num_classes = data.load_split(config.dataset, config.dataset.eval_split).num_classes
   size = config.dataset.image_size
   model = train.build_model(config, num_classes)
   # setup()'s initialisation: the same model, key and input shape.
-  fresh = jax.jit(lambda key: train.initial_variables(model, key, (size, size, 3))['params'])(
-      jax.random.fold_in(jax.random.PRNGKey(config.seed), 0))
-  *parents, last = optim.model_param_paths(config)[-1].split('/')[:-1]
+  fresh = jax.jit(lambda key: models.initial_variables(model, key, (size, size, 3))['params'])(
+      jax.random.fold_in(jax.random.PRNGKey(config.seed), train.INIT))
+  *parents, last = models.model_spec(config.model.name)['classifier'].split('/')
   target = variables['params']
   for name in parents:
     target, fresh = target[name], fresh[name]
@@ -192,4 +192,5 @@ def main(argv) -> None:
 
 
 if __name__ == '__main__':
+  xla_flags.set_cpu_defaults()  # Before JAX starts its backends.
   app.run(main)

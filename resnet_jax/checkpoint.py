@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import signal
+import threading
 from typing import Any
 
 import grain
@@ -83,6 +85,16 @@ class Checkpointer:
       self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics)
 
   def restore(self, state: Any, data_iterator=None) -> tuple[Any, int]:
+    """`_restore`, saying so when the checkpoint and `state` differ in their EMA weights."""
+    try:
+      return self._restore(state, data_iterator)
+    except ValueError as e:
+      if "['ema']" not in str(e):
+        raise
+      raise ValueError(f'{e} (these are the EMA weights: set --config.ema_decay as in the run '
+                       'that wrote the checkpoint)') from e
+
+  def _restore(self, state: Any, data_iterator=None) -> tuple[Any, int]:
     """(the newest readable saved state, shaped and sharded like `state`; its step).
 
     Also rewinds `data_iterator` when given. A checkpoint of another model is an error naming
@@ -199,3 +211,29 @@ def load_state_tree(workdir: str, step: int | None = None) -> dict:
       state=ocp.args.PyTreeRestore(restore_args=as_numpy)))
   manager.close()
   return restored['state']
+
+
+class Preemption:
+  """Notices SIGTERM (a preemption notice, `kill`, a scheduler's stop) between steps.
+
+  One process: our own handler sets a flag. Several: JAX's preemption service (started by
+  jax.distributed.initialize) agrees on one step at which every process stops.
+  """
+
+  def __init__(self):
+    self.requested = False
+    self.multihost = jax.process_count() > 1
+    if not self.multihost and threading.current_thread() is threading.main_thread():
+      self.previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    self.requested = True
+
+  def reached(self, step: int) -> bool:
+    if self.multihost:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self.requested
+
+  def close(self) -> None:
+    if not self.multihost and hasattr(self, 'previous'):
+      signal.signal(signal.SIGTERM, self.previous)

@@ -14,8 +14,8 @@ PARALLELISM = ('shard_map', 'pmap')
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.num_epochs = 10.0
+  c.seed = 0  # The root PRNG key: initialisation, data order, augmentation, dropout.
+  c.num_epochs = 10.0  # Passes over the training split (fractions allowed).
   c.batch_size = 128  # Global, over every device of every host.
   c.dtype = 'float32'  # Computation dtype; parameters and optimizer state stay float32.
   c.parallelism = 'shard_map'  # Or 'pmap': the same per-device step, mapped by jax.pmap.
@@ -30,7 +30,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.mix_switch_prob = 0.5  # With both alphas set: chance of CutMix rather than mixup (timm).
 
   c.model = ml_collections.ConfigDict()
-  c.model.name = 'lenet5'
+  c.model.name = 'lenet5'  # A registered model (resnet_jax.models.list_models()).
   c.model.sync_bn = False  # True: BatchNorm statistics over the global batch (cross-replica).
   # Overrides passed to create_model when set; unset means the registered model's default.
   # layers.ACTIVATIONS name, or 'leaky_relu:0.2' (Maas et al. 2013); 'selu': Klambauer et al. 2017.
@@ -40,8 +40,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.init = config_dict.placeholder(str)
   # 'batch' (Ioffe & Szegedy 2015; layers.BatchNorm) | 'flax_batch' (forward-mode AD) | 'none'
   c.model.norm = config_dict.placeholder(str)
+  # ResNets: each residual branch's last BN scale starts at 0 (Goyal et al. 2017, Sec. 5.1).
   c.model.zero_init_residual = config_dict.placeholder(bool)
-  c.model.dropout_rate = config_dict.placeholder(float)
+  c.model.dropout_rate = config_dict.placeholder(float)  # Srivastava et al. 2014; models with one.
   # LeNet-5's F6 + output, ResNet's head: per-example weight masks (Wan et al. 2013, Sec. 2-3).
   c.model.dropconnect_rate = config_dict.placeholder(float)
   # ResNet: 1 - p_L of the linear decay rule; 0.5 is Huang et al. 2016's p_L = 0.5 (Sec. 3-4).
@@ -66,8 +67,8 @@ def base_config() -> ml_collections.ConfigDict:
   # colour_jitter strengths, torchvision ColorJitter semantics; 0.4 as fb.resnet.torch's ImageNet
   # recipe (Gross & Wilber 2016); 0 leaves that property alone.
   c.dataset.jitter_brightness = 0.4
-  c.dataset.jitter_contrast = 0.4
-  c.dataset.jitter_saturation = 0.4
+  c.dataset.jitter_contrast = 0.4  # colour_jitter's contrast strength.
+  c.dataset.jitter_saturation = 0.4  # colour_jitter's saturation strength.
   c.dataset.pca_lighting_std = 0.1  # Krizhevsky et al. 2012, Sec. 4.1: alpha_i ~ N(0, 0.1).
   c.dataset.cutout_size = 16  # DeVries & Taylor 2017, Sec. 4.1: a 16x16 square on CIFAR-10.
   # 'fixed' (mean/std below) | 'mean' (training mean image; Krizhevsky et al. 2012, Sec. 2) |
@@ -121,13 +122,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.schedule.final_div_factor = 1e4  # One-cycle: ends at base_lr / div_factor / this.
   c.schedule.power = 2.0  # 'polynomial' (You et al. 2017: 2 with LARS).
 
-  c.checkpoint_every_steps = 1000
-  c.keep_checkpoints = 3
-  c.log_every_steps = 50
+  c.checkpoint_every_steps = 1000  # Also at every evaluation, at the end and on SIGTERM.
+  c.keep_checkpoints = 3  # The latest this many, plus the best by eval accuracy.
+  c.log_every_steps = 50  # The progress line and the TensorBoard train scalars.
   # Most steps per host call with the split on device (one lax.scan; a call also stops at each
   # log, eval and checkpoint step); 0: 128, or 1 on CPU (XLA:CPU is slow on convs inside loops).
   c.steps_per_call = 0
-  c.eval_every_epochs = 1.0
+  c.eval_every_epochs = 1.0  # On config.dataset.eval_split; also at the last step.
   c.init_from = ''  # A converted (resnet_jax.convert) or trained checkpoint to start from.
   # Comma-separated regular expressions over parameter paths ('stage0_block0/conv1/kernel'), or
   # 'backbone' (all but the classifier head) / 'head': no update, no decay, BatchNorm statistics
@@ -140,7 +141,12 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def check_config(config) -> None:
-  """Rejects values no run could use, naming the field and what would be valid."""
+  """Rejects top-level values no run could use, naming the field and what would be valid.
+
+  The sections are checked by the parts that use them, where they are built, before the first
+  compile: `data.check_dataset_config` (config.dataset), `optim.check_optimizer_config`
+  (config.optimizer, config.schedule, config.freeze), `parallel.DataParallel` (parallelism).
+  """
   if config.dtype not in DTYPES:
     raise ValueError(f"config.dtype '{config.dtype}' is not one of {DTYPES}")
   if config.parallelism not in PARALLELISM:
@@ -157,49 +163,9 @@ def check_config(config) -> None:
     raise ValueError(f'config.grad_accum_steps must be >= 1, got {config.grad_accum_steps}')
   if not 0 <= config.ema_decay < 1:
     raise ValueError(f'config.ema_decay must be in [0, 1) (0 = off), got {config.ema_decay}')
-  o, s = config.optimizer, config.schedule
-  for field, value in (('mixup_alpha', config.mixup_alpha), ('cutmix_alpha', config.cutmix_alpha),
-                       ('optimizer.clip_norm', o.clip_norm),
-                       ('optimizer.weight_decay', o.weight_decay)):
-    if value < 0:
-      raise ValueError(f'config.{field} must be >= 0, got {value}')
-  for field, value in (('mix_prob', config.mix_prob), ('mix_switch_prob', config.mix_switch_prob),
-                       ('schedule.pct_start', s.pct_start)):
-    if not 0 <= value <= 1:
-      raise ValueError(f'config.{field} must be in [0, 1], got {value}')
-  if s.restart_epochs <= 0 or s.restart_mult < 1:
-    raise ValueError('config.schedule.restart_epochs must be > 0 and config.schedule.restart_mult '
-                     f'>= 1, got {s.restart_epochs} and {s.restart_mult}')
-  if s.step_epochs is not None and s.step_epochs <= 0:
-    raise ValueError(f'config.schedule.step_epochs must be > 0, got {s.step_epochs}')
-  if len(config.dataset.mean) != len(config.dataset.std):
-    raise ValueError('config.dataset.mean and config.dataset.std need the same number of values, '
-                     f'got {config.dataset.mean} and {config.dataset.std}')
-  check_dataset_augment_and_preprocess(config.dataset)
-  from resnet_jax.optim import parse_param_groups
-  parse_param_groups(config)  # config.freeze and optimizer.lr_multipliers: their syntax.
-  from resnet_jax.data.on_device import check_on_device
-  check_on_device(config.dataset)
-
-
-def check_dataset_augment_and_preprocess(d) -> None:
-  """config.dataset.augment's op names and numbers, and config.dataset.preprocess."""
-  from resnet_jax.data.augment import parse_augment
-  from resnet_jax.data.preprocess import check_preprocess
-  if 'scale' in parse_augment(d.augment) and d.scale_range[0] < d.image_size:
-    raise ValueError(f'config.dataset.scale_range {d.scale_range} must start at '
-                     f'config.dataset.image_size ({d.image_size}) or above')
-  check_preprocess(d)
-  bounds = {'scale_range': (lambda lo, hi: 1 <= lo <= hi, '1 <= low <= high'),
-            'crop_scale': (lambda lo, hi: 0 < lo <= hi <= 1, '0 < low <= high <= 1'),
-            'crop_ratio': (lambda lo, hi: 0 < lo <= hi, '0 < low <= high')}
-  for field, (valid, rule) in bounds.items():
-    if len(d[field]) != 2 or not valid(*d[field]):
-      raise ValueError(f'config.dataset.{field} must be (low, high) with {rule}, got {d[field]}')
-  for field in ('pad', 'jitter_brightness', 'jitter_contrast', 'jitter_saturation',
-                'pca_lighting_std'):
-    if d[field] < 0:
-      raise ValueError(f'config.dataset.{field} must be >= 0, got {d[field]}')
-  if d.cutout_size < 1:
-    raise ValueError(f'config.dataset.cutout_size must be >= 1, got {d.cutout_size}')
-
+  for field in ('mixup_alpha', 'cutmix_alpha'):
+    if config[field] < 0:
+      raise ValueError(f'config.{field} must be >= 0, got {config[field]}')
+  for field in ('mix_prob', 'mix_switch_prob'):
+    if not 0 <= config[field] <= 1:
+      raise ValueError(f'config.{field} must be in [0, 1], got {config[field]}')

@@ -14,8 +14,8 @@ batching. The device gets [N, V, size, size, C] uint8 batches, normalizes them a
 does (data.preprocess.apply, with each member's own fitted preprocessing), averages the softmax
 over the V views, then over the members; the loss is the negative log of that average.
 
-`train_seed_ensemble` trains one member per seed together, in one vmapped program
-(sweep.vmapped_training), each exactly the run `train_and_evaluate` makes with that seed.
+`evaluate_checkpoint` is the main job's `--mode=eval`. Seed ensembles trained together live in
+`sweep.train_seed_ensemble`.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import dataclasses
 import functools
 import math
 import os
-from typing import Sequence
+from typing import Any, Sequence
 
 import grain
 import jax
@@ -35,10 +35,10 @@ from etils import epath
 from jax import lax
 from ml_collections import config_flags
 
-from resnet_jax import data, sweep, train
+from resnet_jax import configs, data, metrics, train, xla_flags
 from resnet_jax.checkpoint import Checkpointer
 from resnet_jax.data import augment as augment_lib
-from resnet_jax.data.pipeline import _records_of_this_process, _to_iter
+from resnet_jax.parallel import AXIS
 
 EVAL_MODES = ('center', 'ten_crop', 'multi_scale')
 SCALE_CROPS = ('center', 'ten_crop')
@@ -147,23 +147,9 @@ class ViewsMap(grain.transforms.Map):
 def view_batches(split: data.Split, views_map: ViewsMap, *, global_batch_size: int,
                  num_workers: int):
   """data.eval_batches with `views_map` in place of the evaluation view: every example of
-  `split` exactly once, in [batch, V, size, size, C] batches padded with `mask == 0`, the same
-  number of batches on every process."""
-  batch_size = data.pipeline.per_process_batch_size(global_batch_size)
-  dataset = (_records_of_this_process(split).map(views_map)
-             .batch(batch_size, drop_remainder=False))
-  num_batches = math.ceil(math.ceil(len(split) / jax.process_count()) / batch_size)
-  image_shape = views_map.map(split.records[0])['image'].shape
-  batches = iter(_to_iter(dataset, num_workers))
-  for _ in range(num_batches):
-    batch = next(batches, None)
-    count = 0 if batch is None else len(batch['label'])
-    image = np.zeros((batch_size, *image_shape), np.uint8)
-    label = np.zeros((batch_size,), np.int32)
-    if count:
-      image[:count], label[:count] = batch['image'], batch['label']
-    yield {'image': image, 'label': label,
-           'mask': (np.arange(batch_size) < count).astype(np.float32)}
+  `split` exactly once, in [batch, V, size, size, C] batches padded with `mask == 0`."""
+  return data.eval_batches(split, global_batch_size=global_batch_size, num_workers=num_workers,
+                           view=views_map)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,33 +220,56 @@ def ensemble_eval_step(members: dict, batch: dict, key: jax.Array, *, model, dty
   correct = jnp.argmax(log_probs, axis=-1) == labels
   return lax.psum({'loss': jnp.sum(loss * mask, axis=-1),
                    'correct': jnp.sum(correct * mask, axis=-1), 'examples': jnp.sum(mask)},
-                  train.AXIS)
+                  AXIS)
 
 
-def evaluate_members(exp: train.Experiment, names: Sequence[str],
+def evaluate_members(config, exp: train.Experiment, names: Sequence[str],
                      variables_list: Sequence[dict], pre_list: Sequence[dict],
                      mode: str = 'center', *, scales: Sequence[int] | None = None,
                      scale_crop: str = 'center') -> list[dict]:
   """Each member alone and their ensemble on `exp.eval_split`, scored on the views of `mode`:
   one row per member, then one named 'ensemble' (COLUMNS)."""
-  d = exp.config.dataset
+  d = config.dataset
   scales = tuple(default_scales(d.image_size) if not scales else scales)
   views_map = ViewsMap(mode, d.augment, d.image_size, d.pad, scales, scale_crop)
   step = exp.parallel.map(
       functools.partial(ensemble_eval_step, model=exp.model, dtype=exp.model.dtype),
       ('state', 'batch', 'const'))
   members = exp.parallel.replicate(stack_members(variables_list, pre_list))
-  totals = None
-  for batch in view_batches(exp.eval_split, views_map, global_batch_size=exp.config.batch_size,
-                            num_workers=d.num_workers):
-    sums = step(members, exp.parallel.shard_batch(batch), exp.eval_key)
-    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  totals = jax.device_get(exp.parallel.unreplicate(totals))
+  batches = view_batches(exp.eval_split, views_map, global_batch_size=config.batch_size,
+                         num_workers=d.num_workers)
+  totals = exp.parallel.sum_batches(step, batches, members, exp.eval_key)
   n = float(totals['examples'])
   labels = [*names, 'ensemble']
   return [{'model': name, 'members': 1 if i < len(names) else len(names), 'eval_mode': mode,
            'accuracy': float(totals['correct'][i]) / n, 'loss': float(totals['loss'][i]) / n,
            'examples': int(n)} for i, name in enumerate(labels)]
+
+
+def evaluate_checkpoint(config, workdir: str) -> dict:
+  """`--mode=eval`: the latest checkpoint of `workdir` on `config.dataset.eval_split`; writes
+  WORKDIR/results.json."""
+  exp = train.setup(config, train=False, workdir=workdir)
+  state, step = restore_latest(config, workdir, exp.parallel.unreplicate(exp.state))
+  results = {**train.evaluate(exp, exp.parallel.replicate(state)), 'step': step}
+  metrics.write_results(workdir, results)
+  logging.info('Eval of step %d on %s: accuracy %.4f loss %.4f (%d examples)%s', step,
+               results['split'], results['accuracy'], results['loss'], results['examples'],
+               metrics.describe_ema(results))
+  return results
+
+
+def restore_latest(config, workdir: str, template) -> tuple[Any, int]:
+  """The latest readable checkpoint of `workdir`, shaped like `template`, and its step."""
+  checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints,
+                              fallback=config.restore_fallback)
+  try:
+    if checkpointer.latest_step() is None:
+      raise FileNotFoundError(f'no checkpoint to evaluate in {os.path.join(workdir, "checkpoints")}'
+                              ': train first, or pass the --workdir of a finished run')
+    return checkpointer.restore(template)
+  finally:
+    checkpointer.close()
 
 
 def evaluate_checkpoints(config, workdirs: Sequence[str], mode: str = 'center', *,
@@ -269,7 +278,7 @@ def evaluate_checkpoints(config, workdirs: Sequence[str], mode: str = 'center', 
   """The latest checkpoint of each workdir alone and their softmax-average ensemble on
   `config.dataset.eval_split`, in `mode` (EVAL_MODES): rows of COLUMNS, the ensemble last.
 
-  Checkpoints are read as train.evaluate_checkpoint reads them, each with its workdir's own
+  Checkpoints are read as evaluate_checkpoint reads them, each with its workdir's own
   preprocess.npz; `ema` scores the weight averages (runs with config.ema_decay > 0).
   """
   if not workdirs:
@@ -285,115 +294,14 @@ def evaluate_checkpoints(config, workdirs: Sequence[str], mode: str = 'center', 
   template = exp.parallel.unreplicate(exp.state)
   variables_list, pre_list = [], []
   for workdir in workdirs:
-    checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints,
-                                fallback=config.restore_fallback)
-    if checkpointer.latest_step() is None:
-      raise FileNotFoundError(f'no checkpoint to evaluate in {workdir}/checkpoints (--workdirs): '
-                              'train first, or pass the workdirs of finished runs')
-    state, step = train.restore_checkpoint(checkpointer, template)
-    checkpointer.close()
+    state, step = restore_latest(config, workdir, template)
     logging.info('Member %s: step %d.', workdir, step)
     variables_list.append(jax.device_get(
         state.ema if ema else {'params': state.params, 'batch_stats': state.batch_stats}))
     pre_list.append(data.preprocess.load_or_fit(os.path.join(workdir, 'preprocess.npz'), None,
                                                 config.dataset).arrays())
-  return evaluate_members(exp, list(workdirs), variables_list, pre_list, mode, scales=scales,
-                          scale_crop=scale_crop)
-
-
-# ---------------------------------------------------------------------------------------------
-# Seed ensembles trained together.
-
-
-def train_seed_ensemble(config, seeds: Sequence[int], workdir: str, *,
-                        modes: Sequence[str] = ('center',), scales: Sequence[int] | None = None,
-                        scale_crop: str = 'center') -> list[dict]:
-  """Trains one member per seed, all together: stacked train states, one vmapped update per
-  step (sweep.vmapped_training), one jitted program.
-
-  Member k is the run train_and_evaluate makes with config.seed = seeds[k]: its own
-  initialisation, dropout (and other on-device) keys, data order and augmentation, from its own
-  stream of the host pipeline (Grain; the k streams are stacked on axis 1 of the batch; the
-  on-device data path is not used: the lone run to compare with has on_device='never'). Each is
-  saved as such a run in WORKDIR/seed_S (checkpoints with its data position, preprocess.npz) every
-  `checkpoint_every_steps` and at the end, so it resumes, and `--mode=eval` or
-  evaluate_checkpoints reads it. Returns evaluate_members' rows for each of `modes`.
-  """
-  seeds = [int(s) for s in seeds]
-  if not seeds or len(set(seeds)) != len(seeds):
-    raise ValueError(f'seeds {seeds}: give one or more distinct seeds')
-  bad = [mode for mode in modes if mode not in EVAL_MODES]
-  if bad:
-    raise ValueError(f'eval modes {bad} are not among {EVAL_MODES}')
-  if config.init_from:
-    raise ValueError('config.init_from is set: the members of a seed ensemble start from their '
-                     "seeds' initialisations; unset it")
-  if config.dataset.on_device == 'always':
-    raise ValueError("config.dataset.on_device='always': a seed ensemble's members read the host "
-                     "pipeline; use 'auto' or 'never'")
-  # Members read the host pipeline: their runs alone are then the same with 'never'.
-  config = sweep.with_overrides(config, {'dataset.on_device': 'never'})
-  configs = [sweep.with_overrides(config, {'seed': s}) for s in seeds]
-  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-  exp = train.setup(configs[0], workdir=workdir)
-  states, keys, hp, p_step = sweep.vmapped_training(exp, configs[0], [{'seed': s} for s in seeds],
-                                                    batch_axis=1)
-  names = [f'seed_{s}' for s in seeds]
-  loaders = [iter(train.train_loader(dataclasses.replace(exp, config=c))) for c in configs]
-  checkpointers = [Checkpointer(os.path.join(workdir, name), keep=config.keep_checkpoints,
-                                fallback=config.restore_fallback) for name in names]
-  latest = [c.latest_step() for c in checkpointers]
-  start = 0
-  if any(step is not None for step in latest):
-    if len(set(latest)) > 1:
-      raise ValueError(f'the members in {workdir} stopped at different steps '
-                       f'{dict(zip(names, latest))}; remove their seed_* directories to start '
-                       'afresh')
-    template = exp.parallel.unreplicate(exp.state)
-    restored = [train.restore_checkpoint(c, template, it) for c, it in zip(checkpointers, loaders)]
-    start = restored[0][1]
-    states = exp.parallel.replicate(
-        jax.tree.map(lambda *xs: np.stack(xs), *[jax.device_get(s) for s, _ in restored]))
-    logging.info('Resumed %d members at step %d.', len(seeds), start)
-  if jax.process_index() == 0:
-    for name in names:
-      exp.preprocessing.save(os.path.join(workdir, name, 'preprocess.npz'))
-  logging.info('Training %d members of %s together: %d steps of %d.', len(seeds),
-               config.model.name, exp.total_steps, config.batch_size)
-
-  def member(host_states, k):
-    return jax.tree.map(lambda x: x[k], host_states)
-
-  window = []
-  try:
-    for step in range(start + 1, exp.total_steps + 1):
-      batches = [next(it) for it in loaders]
-      batch = {k: np.stack([b[k] for b in batches], axis=1) for k in batches[0]}
-      states, metrics = p_step(states, hp, exp.parallel.shard_batch(batch), keys, exp.pre_arrays)
-      window.append(metrics['loss'])
-      if step % config.log_every_steps == 0 or step == exp.total_steps:
-        losses = np.mean(np.asarray(jax.device_get(exp.parallel.unreplicate(window))), axis=0)
-        logging.info('epoch %.2f step %d/%d: loss %s', step / exp.steps_per_epoch, step,
-                     exp.total_steps, ' '.join(f'{x:.4f}' for x in losses))
-        window = []
-      if step % config.checkpoint_every_steps == 0 or step == exp.total_steps:
-        host = jax.device_get(exp.parallel.unreplicate(states))
-        for k, (checkpointer, loader) in enumerate(zip(checkpointers, loaders)):
-          checkpointer.save(step, member(host, k), loader)
-    for checkpointer in checkpointers:
-      checkpointer.wait()
-  finally:
-    for checkpointer in checkpointers:
-      checkpointer.close()
-  host = jax.device_get(exp.parallel.unreplicate(states))
-  variables_list = [{'params': member(host, k).params, 'batch_stats': member(host, k).batch_stats}
-                    for k in range(len(seeds))]
-  pre = jax.tree.map(np.asarray, exp.preprocessing.arrays())
-  rows = []
-  for mode in modes:
-    rows += evaluate_members(exp, names, variables_list, [pre] * len(seeds), mode, scales=scales,
-                             scale_crop=scale_crop)
-  return rows
+  return evaluate_members(config, exp, list(workdirs), variables_list, pre_list, mode,
+                          scales=scales, scale_crop=scale_crop)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -417,8 +325,7 @@ def write_csv(path: str, rows: Sequence[dict]) -> None:
 def define_flags() -> None:
   """The command line's flags (only when run as a program: resnet_jax.main defines --config)."""
   config_flags.DEFINE_config_file(
-      'config', os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                             'experiments', 'configs', 'default.py'),
+      'config', configs.DEFAULT,
       'The config the checkpoints were trained with; --config.a.b=V overrides fields.')
   flags.DEFINE_list('workdirs', [], 'Workdirs of finished runs, comma-separated: the members.')
   flags.DEFINE_enum('eval_mode', 'center', list(EVAL_MODES), 'The views scored (see eval_views).')
@@ -433,6 +340,7 @@ def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]} (config fields go as --config.a.b=V)')
   f = flags.FLAGS
+  xla_flags.set_cpu_defaults()
   if not f.workdirs:
     raise app.UsageError('--workdirs is required (comma-separated workdirs of finished runs)')
   try:

@@ -5,16 +5,14 @@ an unknown field is an error that names it. With no --config it trains the embed
 (scikit-learn's digits), which needs no network.
 """
 import logging as logging_lib
-import os
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                               'experiments', 'configs', 'default.py')
+from resnet_jax import configs, xla_flags
 
-config_flags.DEFINE_config_file('config', _DEFAULT_CONFIG, 'ml_collections config file.',
+config_flags.DEFINE_config_file('config', configs.DEFAULT, 'ml_collections config file.',
                                 lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Checkpoints, TensorBoard events, results.json.')
 _MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval'],
@@ -42,18 +40,20 @@ class _QuietLibraries(logging_lib.Filter):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]} (config fields go as --config.a.b=V)')
+  xla_flags.set_cpu_defaults()
   logging.get_absl_handler().addFilter(_QuietLibraries())
   if _MULTIHOST.value:
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
   if jax.process_index() != 0:
     logging.set_verbosity(logging.WARNING)  # Logs from process 0 only.
-  from resnet_jax import train  # After distributed init: importing builds nothing on devices.
+  # After distributed init: importing builds nothing on devices.
+  from resnet_jax import evaluate, train
   config = flags.FLAGS.config
   logging.info('JAX %s, %d processes, %d devices (%s)', jax.__version__, jax.process_count(),
                jax.device_count(), jax.devices()[0].platform)
   if _MODE.value == 'eval':
-    train.evaluate_checkpoint(config, _WORKDIR.value)
+    evaluate.evaluate_checkpoint(config, _WORKDIR.value)
   else:
     train.train_and_evaluate(config, _WORKDIR.value)
 

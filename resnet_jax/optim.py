@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Mapping
 from typing import Callable
 
 import flax.linen as nn
@@ -49,22 +48,23 @@ DEFAULT_EPS = {'sgd': 0.0, 'adam': 1e-8, 'adamw': 1e-8, 'rmsprop': 1e-8, 'lars':
                'lamb': 1e-6}
 
 
-def base_learning_rate(config) -> float:
+def base_learning_rate(schedule, batch_size: int) -> float:
   """`schedule.base_lr`, scaled by batch / 256 when `schedule.scale_by_batch` is set.
 
   The linear scaling rule of Goyal et al. 2017, Sec. 2.1 (ResNet-50: 0.1 for batch 256).
   `batch_size` is the batch of one update, whatever `grad_accum_steps` splits it into.
   """
-  lr = config.schedule.base_lr
-  return lr * config.batch_size / 256 if config.schedule.scale_by_batch else lr
+  lr = schedule.base_lr
+  return lr * batch_size / 256 if schedule.scale_by_batch else lr
 
 
-def total_steps(config, steps_per_epoch: int) -> int:
+def total_steps(num_epochs: float, steps_per_epoch: int) -> int:
   """The number of updates of the whole run."""
-  return max(1, int(round(config.num_epochs * steps_per_epoch)))
+  return max(1, int(round(num_epochs * steps_per_epoch)))
 
 
-def learning_rate_schedule(config, steps_per_epoch: int) -> optax.Schedule:
+def learning_rate_schedule(schedule, *, batch_size: int, num_epochs: float,
+                           steps_per_epoch: int) -> optax.Schedule:
   """Linear warmup for `schedule.warmup_epochs` (from 0; Goyal et al. 2017, Sec. 2.2, gradual
   warmup), then `schedule.name`:
 
@@ -85,17 +85,18 @@ def learning_rate_schedule(config, steps_per_epoch: int) -> optax.Schedule:
     base_lr / (div_factor * final_div_factor) (optax.linear_onecycle_schedule).
   - polynomial: base_lr * (1 - t / T)^power (You et al. 2017 use power 2 with LARS).
   All but step and multistep start at the end of the warmup and reach their end at the last step.
+  `schedule` is config.schedule; `batch_size` and `num_epochs` are the run's.
   """
-  s = config.schedule
+  s = schedule
   if s.name not in SCHEDULES:
     raise ValueError(f"config.schedule.name '{s.name}' is not one of {SCHEDULES}")
-  lr = base_learning_rate(config)
+  lr = base_learning_rate(s, batch_size)
   warmup = int(s.warmup_epochs * steps_per_epoch)
-  steps = max(1, total_steps(config, steps_per_epoch) - warmup)  # After the warmup.
+  steps = max(1, total_steps(num_epochs, steps_per_epoch) - warmup)  # After the warmup.
   if s.name == 'constant':
     main = optax.constant_schedule(lr)
   elif s.name in ('step', 'multistep'):
-    main = _drops(lr, s, steps_per_epoch, warmup, config.num_epochs)
+    main = _drops(lr, s, steps_per_epoch, warmup, num_epochs)
   elif s.name == 'exponential':
     main = optax.exponential_decay(lr, transition_steps=steps_per_epoch, decay_rate=s.decay_factor)
   elif s.name == 'cosine':
@@ -160,9 +161,9 @@ def decay_mask(params):
   return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-def decay_style(config) -> str:
+def decay_style(optimizer) -> str:
   """`optimizer.decay_style`, or the optimizer's own when unset (DEFAULT_DECAY_STYLE)."""
-  o = config.optimizer
+  o = optimizer
   if o.name not in OPTIMIZERS:
     raise ValueError(f"config.optimizer.name '{o.name}' is not one of {OPTIMIZERS}")
   style = o.decay_style if o.decay_style is not None else DEFAULT_DECAY_STYLE[o.name]
@@ -171,9 +172,9 @@ def decay_style(config) -> str:
   return style
 
 
-def loss_weight_decay(config) -> float:
+def loss_weight_decay(optimizer) -> float:
   """The coefficient of the train step's explicit decay term: weight_decay for 'loss', else 0."""
-  return config.optimizer.weight_decay if decay_style(config) == 'loss' else 0.0
+  return optimizer.weight_decay if decay_style(optimizer) == 'loss' else 0.0
 
 
 def weight_decay_loss(params, weight_decay: float) -> jax.Array:
@@ -184,8 +185,11 @@ def weight_decay_loss(params, weight_decay: float) -> jax.Array:
   return 0.5 * weight_decay * sum(jnp.sum(jnp.square(p.astype(jnp.float32))) for p in leaves)
 
 
-def create_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
-  """`optimizer.name` with its decay style, gradient clipping and the learning-rate schedule.
+def create_optimizer(optimizer, learning_rate: optax.ScalarOrSchedule,
+                     lr_factor: Callable[[str], float] | None = None
+                     ) -> optax.GradientTransformation:
+  """`optimizer.name` (config.optimizer) with its decay style, gradient clipping and the
+  learning rate (a schedule: `learning_rate_schedule`).
 
   - sgd: heavy-ball momentum (or Nesterov) as torch.optim.SGD (dampening 0): buf = m buf + g,
     w -= lr buf (Sutskever et al. 2013 for Nesterov).
@@ -200,12 +204,12 @@ def create_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformati
     ||w|| / ||update||.
   `optimizer.clip_norm` > 0 first rescales the averaged gradient to at most that global norm
   (Pascanu et al. 2013, Sec. 3.2, Alg. 1), before any decay is added.
-  With parameter groups (`param_groups`), an optax.partition: 'trained' runs this chain (the clip
-  over the trained parameters only, as torch sees no gradient of a frozen one) and then scales
-  each update by its factor; 'frozen' (factor 0) is optax.set_to_zero.
+  With parameter groups (`lr_factor`, from `param_groups`), an optax.partition: 'trained' runs
+  this chain (the clip over the trained parameters only, as torch sees no gradient of a frozen
+  one) and then scales each update by its factor; 'frozen' (factor 0) is optax.set_to_zero.
   """
-  o = config.optimizer
-  style = decay_style(config)
+  o = optimizer
+  style = decay_style(o)
   name = o.name
   eps = o.eps if o.eps is not None else DEFAULT_EPS[name]
   # Both decay places and the clip are always in the chain (0 or identity when unused): their
@@ -228,10 +232,10 @@ def create_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformati
     ratio = optax.scale_by_trust_ratio(
         trust_coefficient=o.trust_coefficient if name == 'lars' else 1.0, eps=eps)
     parts.append(optax.masked(ratio, decay_mask))  # BN and biases keep the plain update.
-  parts.append(optax.scale_by_learning_rate(learning_rate_schedule(config, steps_per_epoch)))
+  parts.append(optax.scale_by_learning_rate(learning_rate))
   if name == 'lars' and o.momentum:
     parts.append(optax.trace(decay=o.momentum, nesterov=o.nesterov))
-  _, factor = param_groups(config)
+  factor = lr_factor
   if factor is None:
     return optax.chain(*parts)
   parts.append(scale_by_lr_factor(factor))
@@ -253,14 +257,15 @@ def param_path(key_path) -> str:
   return jax.tree_util.keystr(key_path, simple=True, separator='/')
 
 
-def parse_param_groups(config) -> tuple[list[str], list[tuple[str, float]]]:
+def parse_param_groups(freeze: str, lr_multipliers: str
+                       ) -> tuple[list[str], list[tuple[str, float]]]:
   """config.freeze -> its patterns; optimizer.lr_multipliers -> (pattern, factor) pairs.
 
   Both are comma-separated; a pattern is a Python regular expression (re.search) or a SHORTHAND.
   """
-  freeze = [p.strip() for p in config.freeze.split(',') if p.strip()]
+  patterns = [p.strip() for p in freeze.split(',') if p.strip()]
   multipliers = []
-  for entry in (e.strip() for e in config.optimizer.lr_multipliers.split(',') if e.strip()):
+  for entry in (e.strip() for e in lr_multipliers.split(',') if e.strip()):
     pattern, _, value = entry.rpartition('=')
     try:
       factor = float(value)
@@ -270,57 +275,59 @@ def parse_param_groups(config) -> tuple[list[str], list[tuple[str, float]]]:
       raise ValueError(f"config.optimizer.lr_multipliers entry '{entry}' is not REGEX=FACTOR with "
                        "a factor >= 0 (e.g. 'head=10' or 'backbone=0.1,stage2=0.5')")
     multipliers.append((pattern.strip(), factor))
-  for field, patterns in (('config.freeze', freeze),
-                          ('config.optimizer.lr_multipliers', [p for p, _ in multipliers])):
-    for pattern in patterns:
+  for field, listed in (('config.freeze', patterns),
+                        ('config.optimizer.lr_multipliers', [p for p, _ in multipliers])):
+    for pattern in listed:
       try:
         re.compile(pattern)
       except re.error as e:
         raise ValueError(f"{field}: '{pattern}' is not a valid regular expression ({e}); give "
                          f'Python regular expressions over parameter paths or one of '
                          f'{SHORTHANDS}') from None
-  return freeze, multipliers
+  return patterns, multipliers
 
 
-def model_param_paths(config) -> list[str]:
-  """The parameter paths of config's model in the order model.init creates them: flax creates a
-  module's parameters at its first call, so the classifier head comes last. From an abstract
-  init (no computation) at the model's registered input size."""
-  from resnet_jax import train  # Here, not at the top: train imports this module.
-  from resnet_jax.models import model_spec
-  spec = model_spec(config.model.name)
-  model = train.build_model(config, spec['num_classes'])
-  shape = (spec['input_size'], spec['input_size'], spec['in_channels'])
-  paths = []
-
-  def walk(tree, prefix):  # Dicts in insertion order, not jax's sorted one.
-    for name, sub in tree.items():
-      if isinstance(sub, Mapping):
-        walk(sub, f'{prefix}{name}/')
-      else:
-        paths.append(f'{prefix}{name}')
-
-  jax.eval_shape(lambda rng: walk(train.initial_variables(model, rng, shape)['params'], ''),
-                 jax.random.PRNGKey(0))
-  return paths
+def check_optimizer_config(optimizer, schedule, freeze: str) -> None:
+  """Rejects a config.optimizer / config.schedule / config.freeze no run could use, naming the
+  field and what would be valid (the names, the numbers, the parameter-group syntax)."""
+  decay_style(optimizer)
+  if schedule.name not in SCHEDULES:
+    raise ValueError(f"config.schedule.name '{schedule.name}' is not one of {SCHEDULES}")
+  for field, value in (('clip_norm', optimizer.clip_norm),
+                       ('weight_decay', optimizer.weight_decay)):
+    if value < 0:
+      raise ValueError(f'config.optimizer.{field} must be >= 0, got {value}')
+  if not 0 <= schedule.pct_start <= 1:
+    raise ValueError(f'config.schedule.pct_start must be in [0, 1], got {schedule.pct_start}')
+  if schedule.restart_epochs <= 0 or schedule.restart_mult < 1:
+    raise ValueError('config.schedule.restart_epochs must be > 0 and config.schedule.restart_mult '
+                     f'>= 1, got {schedule.restart_epochs} and {schedule.restart_mult}')
+  if schedule.step_epochs is not None and schedule.step_epochs <= 0:
+    raise ValueError(f'config.schedule.step_epochs must be > 0, got {schedule.step_epochs}')
+  parse_param_groups(freeze, optimizer.lr_multipliers)
 
 
-def param_groups(config) -> tuple[list[str], Callable[[str], float] | None]:
-  """config's model's parameter paths (`model_param_paths`) and the learning-rate factor of a
-  path: 0 when a config.freeze pattern matches it, else that of the first optimizer.lr_multipliers
-  entry that matches, else 1 (None when both fields are empty).
+def param_paths(params) -> list[str]:
+  """Every parameter path of a `params` tree (`param_path` of each leaf)."""
+  return [param_path(k) for k, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
 
-  'head' is the classifier head: the module whose parameters are created last (`head/` in
-  ResNet, `output/` in LeNet-5, `classifier.6/` in VGG); 'backbone' is every other parameter.
-  A pattern that matches no parameter is an error naming it.
+
+def param_groups(freeze: str, lr_multipliers: str, paths: list[str], classifier: str,
+                 model_name: str = 'the model') -> Callable[[str], float] | None:
+  """The learning-rate factor of a parameter path: 0 when a config.freeze pattern matches it,
+  else that of the first optimizer.lr_multipliers entry that matches, else 1 (None when both
+  fields are empty).
+
+  `paths` are the model's parameter paths (`param_paths`); `classifier` is the module path the
+  model's registration declares (models.model_spec: 'head' in ResNet, 'output' in LeNet-5):
+  'head' means its parameters, 'backbone' every other one. A pattern that matches no parameter
+  is an error naming it.
   """
-  freeze, multipliers = parse_param_groups(config)
-  paths = model_param_paths(config) if freeze or multipliers else []
-  if not paths:
-    return paths, None
-  head = paths[-1].rpartition('/')[0]
-  meaning = {'head': f'^{re.escape(head)}/', 'backbone': f'^(?!{re.escape(head)}/)'}
-  rules = ([('config.freeze', p, 0.0) for p in freeze]
+  patterns, multipliers = parse_param_groups(freeze, lr_multipliers)
+  if not patterns and not multipliers:
+    return None
+  meaning = {'head': f'^{re.escape(classifier)}/', 'backbone': f'^(?!{re.escape(classifier)}/)'}
+  rules = ([('config.freeze', p, 0.0) for p in patterns]
            + [('config.optimizer.lr_multipliers', p, f) for p, f in multipliers])
   rules = [(field, pattern, re.compile(meaning.get(pattern, pattern)), factor)
            for field, pattern, factor in rules]
@@ -328,17 +335,17 @@ def param_groups(config) -> tuple[list[str], Callable[[str], float] | None]:
     if not any(regex.search(p) for p in paths):
       examples = ', '.join(paths[:3] + ['...'] + paths[-3:])
       raise ValueError(
-          f"{field}: '{pattern}' matches no parameter of {config.model.name}, whose "
+          f"{field}: '{pattern}' matches no parameter of {model_name}, whose "
           f'{len(paths)} parameter paths are {examples} (patterns are regular expressions '
-          f"searched in these paths, or 'backbone' / 'head': all but / only {head})")
+          f"searched in these paths, or 'backbone' / 'head': all but / only {classifier})")
 
   def factor(path: str) -> float:
     return next((f for _, _, regex, f in rules if regex.search(path)), 1.0)
 
   if all(factor(p) == 0 for p in paths):
-    raise ValueError(f'config.freeze {config.freeze!r} and config.optimizer.lr_multipliers '
-                     f'{config.optimizer.lr_multipliers!r} leave no parameter to train')
-  return paths, factor
+    raise ValueError(f'config.freeze {freeze!r} and config.optimizer.lr_multipliers '
+                     f'{lr_multipliers!r} leave no parameter to train')
+  return factor
 
 
 def scale_by_lr_factor(factor: Callable[[str], float]) -> optax.GradientTransformation:
@@ -352,9 +359,8 @@ def scale_by_lr_factor(factor: Callable[[str], float]) -> optax.GradientTransfor
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
-def frozen_modules(config) -> frozenset[str]:
+def frozen_modules(paths: list[str], factor: Callable[[str], float] | None) -> frozenset[str]:
   """The module paths ('stage0_block0/bn1') whose every parameter is frozen (factor 0)."""
-  paths, factor = param_groups(config)
   if factor is None:
     return frozenset()
   trained = {p.rpartition('/')[0] for p in paths if factor(p) != 0}

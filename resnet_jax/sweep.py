@@ -15,21 +15,35 @@ train states are stacked and one `jax.vmap`-ed step updates them all in one prog
 batches. Anything else (a model name, a schedule name, a batch size), or a model over
 `VMAP_MAX_PARAMS`, runs the candidates one after another, each a normal resumable run in
 DIR/trial_NNN. Either way DIR/sweep.csv and DIR/sweep.md hold one row per candidate.
+
+Trained together or alone, candidates train through `train.loop`, the main job's loop: progress
+lines, TensorBoard (one tag per candidate), the non-finite check, checkpoints in DIR/trial_NNN
+and a SIGTERM that saves them (the same command resumes). `train_seed_ensemble` trains one member
+per seed the same way, each on its own data stream.
 """
 from __future__ import annotations
 
 import csv
+import functools
 import itertools
 import json
 import math
 import os
 import re
 import time
-from typing import Any
+from typing import Any, Sequence
 
+import jax
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from absl import app, flags, logging
+from etils import epath
 from ml_collections import config_flags
+
+from resnet_jax import configs, evaluate, metrics, steps, train, xla_flags
+from resnet_jax.checkpoint import Checkpointer
+from resnet_jax.models import count_params
 
 VMAP_MAX_PARAMS = 5_000_000
 
@@ -134,7 +148,6 @@ def write_table(workdir: str, rows: list[dict]) -> str:
 
 def run_sequential(config, settings: list[dict], workdir: str) -> list[dict]:
   """Each candidate as its own (resumable) run in workdir/trial_NNN."""
-  from resnet_jax import train
   rows = []
   for i, overrides in enumerate(settings):
     trial_dir = os.path.join(workdir, f'trial_{i:03d}')
@@ -145,6 +158,9 @@ def run_sequential(config, settings: list[dict], workdir: str) -> list[dict]:
         results = json.load(f)
     else:
       results = train.train_and_evaluate(with_overrides(config, overrides), trial_dir)
+    if results.get('preempted'):
+      raise Preempted(f'trial_{i:03d} stopped at step {results["step"]} (SIGTERM) and was saved; '
+                      'run the same command to resume')
     rows.append({**overrides, 'accuracy': results['accuracy'], 'loss': results['loss'],
                  'examples': results['examples'], 'seconds': time.perf_counter() - start,
                  'trial': f'trial_{i:03d}'})
@@ -162,30 +178,28 @@ class NotVmappable(Exception):
   """The candidates cannot share one vmapped program (the reason is the message)."""
 
 
-def vmapped_training(exp, base, settings: list[dict], *, batch_axis: int | None = None):
-  """The pieces of training `settings` together: (states, keys, hp, p_step).
+class Preempted(Exception):
+  """A SIGTERM stopped the trials after saving them; the same command resumes them."""
+
+
+def vmapped_training(exp: train.Experiment, base, settings: list[dict], *,
+                     batch_axis: int | None = None):
+  """The pieces of training `settings` together: (states, keys, hp, p_step, p_eval).
 
   `exp` is train.setup(base), `base` the config with the first candidate's values. The swept
   fields enter the step as traced numbers `hp`: the optimizer and the step's options are rebuilt
   from them inside the vmapped function, so any field used arithmetically (learning rate, weight
   decay, label smoothing, the seed of the initialisation and of the on-device randomness) can
   differ. `states` are the stacked initial train states (in the parallel layout), `keys` each
-  candidate's train key (as train_and_evaluate folds it from its seed), and
-  `p_step(states, hp, batch, keys, pre) -> (states, metrics)` one update of them all. With
-  `batch_axis` None every candidate trains on the same batch; with 1, candidate i on
-  batch[:, i] (its own data stream, stacked on axis 1).
+  candidate's train key (as train_and_evaluate folds it from its seed),
+  `p_step(states, hp, batch, keys, pre) -> (states, metrics)` one update of them all and
+  `p_eval(states, batch, key, pre)` their evaluation sums. With `batch_axis` None every
+  candidate trains on the same batch; with 1, candidate i on batch[:, i] (its own data stream,
+  stacked on axis 1).
   """
-  import jax
-  import jax.numpy as jnp
-  import ml_collections
-
-  from resnet_jax import optim, train
-
   fields = sorted(settings[0])
   hp = {f: jnp.asarray([s[f] for s in settings]) for f in fields}
   base_state = jax.device_get(exp.parallel.unreplicate(exp.state))
-  channels = exp.eval_split.records[0]['image'].shape[-1]
-  image_shape = (base.dataset.image_size, base.dataset.image_size, channels)
   plain = base.to_dict()
 
   def candidate_config(values):
@@ -196,18 +210,22 @@ def vmapped_training(exp, base, settings: list[dict], *, batch_axis: int | None 
 
   def init_one(values):
     cfg = candidate_config(values)
-    tx = optim.create_optimizer(cfg, exp.steps_per_epoch)
+    tx = train.build_optimizer(cfg, exp.steps_per_epoch)
     root = jax.random.PRNGKey(cfg.seed)
-    state = train.create_train_state(exp.model, tx, jax.random.fold_in(root, 0), image_shape,
-                                     ema=base.ema_decay > 0)
-    return state.replace(tx=base_state.tx), jax.random.fold_in(root, 1)
+    state = steps.create_train_state(exp.model, tx, jax.random.fold_in(root, train.INIT),
+                                     exp.image_shape, ema=base.ema_decay > 0)
+    return state.replace(tx=base_state.tx), jax.random.fold_in(root, train.TRAIN)
 
   def step_one(state, values, batch, key, pre):
     cfg = candidate_config(values)
-    tx = optim.create_optimizer(cfg, exp.steps_per_epoch)
-    new, metrics = train.train_step(state.replace(tx=tx), batch, key, pre, dtype=exp.model.dtype,
+    tx = train.build_optimizer(cfg, exp.steps_per_epoch)
+    new, metrics = steps.train_step(state.replace(tx=tx), batch, key, pre,
                                     **train.train_step_options(cfg, exp.model))
     return new.replace(tx=base_state.tx), metrics
+
+  def eval_one(state, batch, key, pre):
+    return steps.eval_step(state, batch, key, pre, dtype=exp.model.dtype,
+                           ema=base.ema_decay > 0)
 
   try:
     states, keys = jax.jit(jax.vmap(init_one))(hp)
@@ -216,19 +234,71 @@ def vmapped_training(exp, base, settings: list[dict], *, batch_axis: int | None 
                        f'{type(e).__name__}') from e
   p_step = exp.parallel.map(jax.vmap(step_one, in_axes=(0, 0, batch_axis, 0, None)),
                             ('state', 'const', 'batch', 'const', 'const'), donate_state=True)
-  return exp.parallel.replicate(jax.device_get(states)), keys, hp, p_step
+  p_eval = exp.parallel.map(jax.vmap(eval_one, in_axes=(0, None, None, None)),
+                            ('state', 'batch', 'const', 'const'))
+  return exp.parallel.replicate(jax.device_get(states)), keys, hp, p_step, p_eval
+
+
+def train_members(config, exp: train.Experiment, names: list[str], states, p_step, p_eval,
+                  next_batch, checkpointers: list[Checkpointer], loaders: list, workdir: str,
+                  *, hp, keys) -> tuple[Any, dict | None, dict | None]:
+  """Trains the stacked `states` of `names` through train.loop: resumes from the checkpoints
+  (one per member, each with its data position), saves each member there, logs and writes each
+  member's metrics in WORKDIR. Returns (states, last evaluation, last training means); raises
+  Preempted when a SIGTERM stopped them early (saved)."""
+  parallel = exp.parallel
+  latest = [c.latest_step() for c in checkpointers]
+  start = 0
+  if any(step is not None for step in latest):
+    if len(set(latest)) > 1:
+      raise ValueError(f'the members in {workdir} stopped at different steps '
+                       f'{dict(zip(names, latest))}; remove their checkpoints to start afresh')
+    template = jax.tree.map(lambda x: x[0], jax.device_get(parallel.unreplicate(states)))
+    restored = [c.restore(template, it) for c, it in zip(checkpointers, loaders)]
+    start = restored[0][1]
+    states = parallel.replicate(
+        jax.tree.map(lambda *xs: np.stack(xs), *[jax.device_get(s) for s, _ in restored]))
+    logging.info('Resumed %d members at step %d.', len(names), start)
+
+  def save(step, states, scores):
+    host = jax.device_get(parallel.unreplicate(states))
+    for k, (checkpointer, loader) in enumerate(zip(checkpointers, loaders)):
+      member_scores = None if scores is None else {'accuracy': scores['accuracy'][k]}
+      checkpointer.save(step, jax.tree.map(lambda x, k=k: x[k], host), loader, member_scores)
+
+  periods = train.Periods(config.log_every_steps,
+                          max(1, int(round(config.eval_every_epochs * exp.steps_per_epoch))),
+                          config.checkpoint_every_steps)
+  writer = metrics.MetricWriter(workdir)
+  logging.info('Training %d members of %s together: %d steps of %d.', len(names),
+               config.model.name, exp.total_steps, config.batch_size)
+  try:
+    states, step, last_eval, last_train = train.loop(
+        states, parallel=parallel, start=start, end=exp.total_steps,
+        total_steps=exp.total_steps, steps_per_epoch=exp.steps_per_epoch,
+        num_epochs=config.num_epochs, batch_size=config.batch_size, periods=periods,
+        max_steps_per_call=1, chunked=False,
+        advance=lambda s, step, n: p_step(s, hp, parallel.shard_batch(next_batch()), keys,
+                                          exp.pre_arrays),
+        evaluate=functools.partial(train.evaluate, exp, p_eval=p_eval), save=save,
+        writer=writer, schedule=exp.schedule, skip_nonfinite=config.skip_nonfinite, names=names)
+    for checkpointer in checkpointers:
+      checkpointer.wait()
+  finally:
+    writer.close()
+    for checkpointer in checkpointers:
+      checkpointer.close()
+  if step < exp.total_steps:
+    raise Preempted(f'the members {", ".join(names)} stopped at step {step} (SIGTERM) and were '
+                    f'saved in {workdir}; run the same command to resume')
+  return states, last_eval, last_train
 
 
 def run_vmapped(config, settings: list[dict], workdir: str) -> list[dict]:
   """All candidates in one program: stacked train states, one vmapped step (vmapped_training),
-  the same batches: the batch order is the base config's, shared by all candidates.
+  the same batches (the base config's order), through train.loop: each candidate is saved as a
+  run in WORKDIR/trial_NNN, so an interrupted sweep resumes.
   """
-  import jax
-  import jax.numpy as jnp
-
-  from resnet_jax import data, train
-  from resnet_jax.models import count_params
-
   fields = sorted(settings[0])
   base = with_overrides(config, settings[0])
   if base.init_from:
@@ -237,44 +307,86 @@ def run_vmapped(config, settings: list[dict], workdir: str) -> list[dict]:
   params = count_params(base.model.name, exp.eval_split.num_classes)
   if params > VMAP_MAX_PARAMS:
     raise NotVmappable(f'{base.model.name} has {params:,} parameters (> {VMAP_MAX_PARAMS:,})')
-  states, keys, hp, p_step = vmapped_training(exp, base, settings)
-
-  def eval_one(state, batch, key, pre):
-    return train.eval_step(state, batch, key, pre, dtype=exp.model.dtype,
-                           ema=base.ema_decay > 0)
-
-  p_eval = exp.parallel.map(jax.vmap(eval_one, in_axes=(0, None, None, None)),
-                            ('state', 'batch', 'const', 'const'))
-  d = base.dataset
-  batches = iter(train.train_loader(exp))
-  start, window = time.perf_counter(), []
+  states, keys, hp, p_step, p_eval = vmapped_training(exp, base, settings)
+  names = [f'trial_{i:03d}' for i in range(len(settings))]
+  batches = iter(train.train_loader(base, exp.train_split, exp.preprocessing))
+  # One data stream for all: each member's checkpoint holds its position.
+  checkpointers = [Checkpointer(os.path.join(workdir, name), keep=base.keep_checkpoints,
+                                fallback=base.restore_fallback) for name in names]
+  start = time.perf_counter()
   try:
-    for step in range(1, exp.total_steps + 1):
-      batch = exp.parallel.shard_batch(next(batches))
-      states, metrics = p_step(states, hp, batch, keys, exp.pre_arrays)
-      window.append(metrics['loss'])
-      if step % base.log_every_steps == 0 or step == exp.total_steps:
-        losses = np.mean(np.asarray(jax.device_get(exp.parallel.unreplicate(window))), axis=0)
-        logging.info('sweep step %d/%d: loss %s', step, exp.total_steps,
-                     ' '.join(f'{x:.4f}' for x in losses))
-        last_losses, window = losses, []
+    states, last_eval, last_train = train_members(
+        base, exp, names, states, p_step, p_eval, lambda: next(batches), checkpointers,
+        [batches] + [None] * (len(names) - 1), workdir, hp=hp, keys=keys)
   except (jax.errors.ConcretizationTypeError, TypeError) as e:
     raise NotVmappable(f'{", ".join(fields)} change the train step, not just numbers in it: '
                        f'{type(e).__name__}') from e
-  totals = None
-  for batch in data.eval_batches(exp.eval_split, global_batch_size=base.batch_size,
-                                 augment=d.augment, image_size=d.image_size,
-                                 num_workers=d.num_workers):
-    sums = p_eval(states, exp.parallel.shard_batch(batch), exp.eval_key, exp.pre_arrays)
-    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  totals = jax.device_get(exp.parallel.unreplicate(totals))
+  if last_eval is None:  # Resumed after the last step.
+    last_eval = train.evaluate(exp, states, p_eval)
   seconds = time.perf_counter() - start
+  return [{**overrides, 'accuracy': last_eval['accuracy'][i], 'loss': last_eval['loss'][i],
+           'train_loss': float(np.asarray(last_train['loss'])[i]) if last_train else float('nan'),
+           'examples': last_eval['examples'], 'seconds': seconds, 'trial': 'vmap'}
+          for i, overrides in enumerate(settings)]
+
+
+def train_seed_ensemble(config, seeds: Sequence[int], workdir: str, *,
+                        modes: Sequence[str] = ('center',), scales: Sequence[int] | None = None,
+                        scale_crop: str = 'center') -> list[dict]:
+  """Trains one member per seed, all together: stacked train states, one vmapped update per
+  step (vmapped_training), one jitted program, through train.loop.
+
+  Member k is the run train_and_evaluate makes with config.seed = seeds[k]: its own
+  initialisation, dropout (and other on-device) keys, data order and augmentation, from its own
+  stream of the host pipeline (Grain; the k streams are stacked on axis 1 of the batch; the
+  on-device data path is not used: the lone run to compare with has on_device='never'). Each is
+  saved as such a run in WORKDIR/seed_S (checkpoints with its data position, preprocess.npz) every
+  `checkpoint_every_steps` and at the end, so it resumes, and `--mode=eval` or
+  evaluate.evaluate_checkpoints reads it. Returns evaluate.evaluate_members' rows for each of
+  `modes`.
+  """
+  seeds = [int(s) for s in seeds]
+  if not seeds or len(set(seeds)) != len(seeds):
+    raise ValueError(f'seeds {seeds}: give one or more distinct seeds')
+  bad = [mode for mode in modes if mode not in evaluate.EVAL_MODES]
+  if bad:
+    raise ValueError(f'eval modes {bad} are not among {evaluate.EVAL_MODES}')
+  if config.init_from:
+    raise ValueError('config.init_from is set: the members of a seed ensemble start from their '
+                     "seeds' initialisations; unset it")
+  if config.dataset.on_device == 'always':
+    raise ValueError("config.dataset.on_device='always': a seed ensemble's members read the host "
+                     "pipeline; use 'auto' or 'never'")
+  # Members read the host pipeline: their runs alone are then the same with 'never'.
+  config = with_overrides(config, {'dataset.on_device': 'never'})
+  configs = [with_overrides(config, {'seed': s}) for s in seeds]
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+  exp = train.setup(configs[0], workdir=workdir)
+  states, keys, hp, p_step, p_eval = vmapped_training(
+      exp, configs[0], [{'seed': s} for s in seeds], batch_axis=1)
+  names = [f'seed_{s}' for s in seeds]
+  loaders = [iter(train.train_loader(c, exp.train_split, exp.preprocessing)) for c in configs]
+  checkpointers = [Checkpointer(os.path.join(workdir, name), keep=config.keep_checkpoints,
+                                fallback=config.restore_fallback) for name in names]
+  if jax.process_index() == 0:
+    for name in names:
+      exp.preprocessing.save(os.path.join(workdir, name, 'preprocess.npz'))
+
+  def next_batch():
+    batches = [next(it) for it in loaders]
+    return {k: np.stack([b[k] for b in batches], axis=1) for k in batches[0]}
+
+  states, _, _ = train_members(config, exp, names, states, p_step, p_eval, next_batch,
+                               checkpointers, loaders, workdir, hp=hp, keys=keys)
+  host = jax.device_get(exp.parallel.unreplicate(states))
+  variables_list = [{'params': jax.tree.map(lambda x, k=k: x[k], host.params),
+                     'batch_stats': jax.tree.map(lambda x, k=k: x[k], host.batch_stats)}
+                    for k in range(len(seeds))]
+  pre = jax.tree.map(np.asarray, exp.preprocessing.arrays())
   rows = []
-  for i, overrides in enumerate(settings):
-    n = float(totals['examples'][i])
-    rows.append({**overrides, 'accuracy': float(totals['correct'][i]) / n,
-                 'loss': float(totals['loss'][i]) / n, 'train_loss': float(last_losses[i]),
-                 'examples': int(n), 'seconds': seconds, 'trial': 'vmap'})
+  for mode in modes:
+    rows += evaluate.evaluate_members(config, exp, names, variables_list, [pre] * len(seeds),
+                                      mode, scales=scales, scale_crop=scale_crop)
   return rows
 
 
@@ -311,8 +423,7 @@ def define_flags() -> None:
   """The command line's flags (defined only when run as a program: resnet_jax.main has its own
   --config and --workdir, and both modules may be imported in one process)."""
   config_flags.DEFINE_config_file(
-      'config', os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                             'experiments', 'configs', 'default.py'),
+      'config', configs.DEFAULT,
       'Base experiment config; --config.a.b=V overrides fields for every candidate.')
   flags.DEFINE_string('workdir', None, 'Directory for the sweep table and the trials.')
   flags.DEFINE_multi_string('sweep', [], 'FIELD=[v1,v2,...] or FIELD=loguniform(lo,hi)')
@@ -329,8 +440,12 @@ def main(argv) -> None:
   f = flags.FLAGS
   if not f.workdir:
     raise app.UsageError('--workdir is required')
-  run_sweep(f.config, f.sweep, f.workdir, search=f.search, trials=f.trials,
-            sweep_seed=f.sweep_seed, vmap=f.vmap)
+  xla_flags.set_cpu_defaults()
+  try:
+    run_sweep(f.config, f.sweep, f.workdir, search=f.search, trials=f.trials,
+              sweep_seed=f.sweep_seed, vmap=f.vmap)
+  except Preempted as e:
+    logging.warning('%s', e)
 
 
 if __name__ == '__main__':

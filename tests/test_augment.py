@@ -6,7 +6,8 @@ import pytest
 import torch
 import torchvision.transforms.functional as TF
 
-from resnet_jax.config import base_config, check_config
+from resnet_jax import train
+from resnet_jax.config import base_config
 from resnet_jax.data import augment, load_split, make_train_loader, preprocess
 from resnet_jax.data.augment import AugmentOptions, EvalPreprocess, TrainAugment, parse_augment
 
@@ -175,10 +176,10 @@ def test_unknown_and_conflicting_ops_name_the_field_and_the_valid_names():
   config = base_config()
   config.dataset.augment = 'scale,random_resized_crop'
   with pytest.raises(ValueError, match='config.dataset.augment'):
-    check_config(config)
+    train.check(config)
   config.dataset.augment, config.dataset.image_size = 'scale,flip', 300
   with pytest.raises(ValueError, match=r'config.dataset.scale_range \(256, 480\)'):
-    check_config(config)
+    train.check(config)
   with pytest.raises(ValueError, match='needs the training split'):
     TrainAugment('resnet_imagenet', 224)
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import REPO, SHARED_DATA, extract_image_folder
 
-from resnet_jax import data, evaluate, train
+from resnet_jax import data, evaluate, sweep, train
 from resnet_jax.checkpoint import load_state_tree
 from resnet_jax.config import base_config
 
@@ -38,7 +38,7 @@ def digits_config(seed=0):
 def runs(tmp_path_factory):
   """A seed ensemble of two trained together, and seed 1 trained alone."""
   root = tmp_path_factory.mktemp('runs')
-  rows = evaluate.train_seed_ensemble(digits_config(), [0, 1], str(root / 'ensemble'))
+  rows = sweep.train_seed_ensemble(digits_config(), [0, 1], str(root / 'ensemble'))
   alone = train.train_and_evaluate(digits_config(seed=1), str(root / 'alone'))
   return {'rows': rows, 'alone': alone, 'seed_0': str(root / 'ensemble' / 'seed_0'),
           'seed_1': str(root / 'ensemble' / 'seed_1'), 'alone_dir': str(root / 'alone')}
@@ -93,7 +93,7 @@ def test_bad_modes_and_workdirs_are_named(tmp_path):
   with pytest.raises(ValueError, match='--scales'):
     evaluate.multi_scale(np.zeros((1, 32, 32, 3), np.uint8), (24, 32), 28)
   with pytest.raises(ValueError, match='distinct seeds'):
-    evaluate.train_seed_ensemble(digits_config(), [1, 1], str(tmp_path))
+    sweep.train_seed_ensemble(digits_config(), [1, 1], str(tmp_path))
 
 
 def test_vmapped_seed_member_is_the_run_of_its_seed_alone(runs):

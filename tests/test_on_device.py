@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from conftest import SHARED_DATA, extract_image_folder
 
-from resnet_jax import checkpoint, optim, train
-from resnet_jax.config import base_config, check_config
+from resnet_jax import checkpoint, steps, train
+from resnet_jax.config import base_config
 from resnet_jax.data import augment, load_split, make_train_loader, on_device
 from resnet_jax.data.augment import AugmentOptions
+from resnet_jax.parallel import DataParallel
 
 
 def make_config(**fields):
@@ -92,27 +93,27 @@ def test_auto_chooses_by_ops_and_always_with_a_resizing_op_names_the_field():
   assert not on_device.choose(make_config(**{'dataset.on_device': 'never'}).dataset, split,
                               devices)[0]
   with pytest.raises(ValueError, match=r"config.dataset.augment 'imagenet'.*random_resized_crop"):
-    check_config(make_config(**{'dataset.augment': 'imagenet', 'dataset.on_device': 'always'}))
+    train.check(make_config(**{'dataset.augment': 'imagenet', 'dataset.on_device': 'always'}))
   with pytest.raises(ValueError, match="config.dataset.on_device 'gpu' is not one of"):
-    check_config(make_config(**{'dataset.on_device': 'gpu'}))
+    train.check(make_config(**{'dataset.on_device': 'gpu'}))
   with pytest.raises(ValueError, match='config.steps_per_call must be >= 0'):
-    check_config(make_config(steps_per_call=-1))
+    train.check(make_config(steps_per_call=-1))
 
 
-def train_on_device(mode: str, devices, state, steps: tuple[int, ...] = (4, 3)):
+def train_on_device(mode: str, devices, state, calls: tuple[int, ...] = (4, 3)):
   """LeNet-5 on digits from the host `state`, augmented on device, batch 64, 3 steps per 'epoch'
-  (so 7 steps see three orders), in calls of `steps` steps: (host params, each step's loss)."""
+  (so 7 steps see three orders), in `calls` of so many steps: (host params, each step's loss)."""
   config = make_config(**{'dataset.augment': 'cifar,cutout'})
   d = config.dataset
-  parallel = train.DataParallel(mode, devices=devices)
-  step_fn = functools.partial(train.train_step, mean=(50.0,), std=(90.0,), dtype=jnp.float32)
+  parallel = DataParallel(mode, devices=devices)
+  step_fn = functools.partial(steps.train_step, mean=(50.0,), std=(90.0,), dtype=jnp.float32)
   device_augment = on_device.DeviceAugment(d.augment, AugmentOptions.from_config(d),
                                            fill=np.zeros((32, 32, 1), np.uint8))
   arrays = on_device.load_arrays(load_split(d, 'train'), d)
   feed = on_device.DeviceData(parallel, step_fn, arrays, device_augment, jax.random.PRNGKey(3),
-                              batch_size=64, steps_per_epoch=3, max_steps=max(steps))
+                              batch_size=64, steps_per_epoch=3, max_steps=max(calls))
   state, losses = parallel.replicate(state), []
-  for n in steps:
+  for n in calls:
     state, metrics = feed.train(state, n, jax.random.PRNGKey(1), None)
     losses += list(jax.device_get(parallel.unreplicate(metrics))['loss'][:n])
   return jax.device_get(parallel.unreplicate(state)).params, np.array(losses)
@@ -120,8 +121,8 @@ def train_on_device(mode: str, devices, state, steps: tuple[int, ...] = (4, 3)):
 
 def test_eight_devices_match_one_device_on_the_same_global_batches():
   config = make_config()
-  model, tx = train.build_model(config, 10), optim.create_optimizer(config, steps_per_epoch=3)
-  init = jax.jit(functools.partial(train.create_train_state, model, tx, image_shape=(32, 32, 1)))
+  model, tx = train.build_model(config, 10), train.build_optimizer(config, 3)
+  init = jax.jit(functools.partial(steps.create_train_state, model, tx, image_shape=(32, 32, 1)))
   state = jax.device_get(init(jax.random.PRNGKey(0)))
   one, loss1 = train_on_device('shard_map', jax.devices()[:1], state)
   for mode in ('shard_map', 'pmap'):

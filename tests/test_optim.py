@@ -10,8 +10,9 @@ import optax
 import pytest
 import torch
 
-from resnet_jax import optim, train
+from resnet_jax import optim, steps, train
 from resnet_jax.config import base_config
+from resnet_jax.parallel import DataParallel
 
 
 def make_config(**fields):
@@ -29,14 +30,14 @@ def make_params():
           'dense': {'kernel': rng.standard_normal((4, 3)).astype(np.float32)}}
 
 
-def make_grads(params, steps: int):
+def make_grads(params, count: int):
   rng = np.random.default_rng(1)
   return [jax.tree.map(lambda p: rng.standard_normal(p.shape).astype(np.float32), params)
-          for _ in range(steps)]
+          for _ in range(count)]
 
 
 def run_optax(config, params, grads):
-  tx = optim.create_optimizer(config, steps_per_epoch=10)
+  tx = train.build_optimizer(config, 10)
   params = jax.tree.map(jnp.asarray, params)
   state = tx.init(params)
   for g in grads:
@@ -89,7 +90,7 @@ TORCH_TWINS = {
 def test_updates_match_torch_optim(case):
   fields, make_optimizer = TORCH_TWINS[case]
   params = make_params()
-  grads = make_grads(params, steps=5)
+  grads = make_grads(params, count=5)
   ours = run_optax(make_config(**{'optimizer.weight_decay': WD, **fields}), params, grads)
   theirs = run_torch(make_optimizer, params, grads, WD)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), ours, theirs)
@@ -176,18 +177,18 @@ def test_clipping_scales_a_huge_gradient_to_clip_norm_exactly():
 def test_loss_and_l2_decay_styles_give_the_same_sgd_update():
   from test_train import digits_batch
   batch = digits_batch(32, 32)
-  parallel = train.DataParallel('shard_map')
+  parallel = DataParallel('shard_map')
   results = {}
   for style in ('l2', 'loss'):
     config = make_config(**{'optimizer.decay_style': style, 'optimizer.weight_decay': 0.05})
     model = train.build_model(config, 10)
-    tx = optim.create_optimizer(config, steps_per_epoch=10)
+    tx = train.build_optimizer(config, 10)
     state = parallel.replicate(
-        train.create_train_state(model, tx, jax.random.PRNGKey(0), (32, 32, 1)))
+        steps.create_train_state(model, tx, jax.random.PRNGKey(0), (32, 32, 1)))
     initial = jax.device_get(state.params)
     step = parallel.map(functools.partial(
-        train.train_step, mean=(50.0,), std=(90.0,), dtype=jnp.float32,
-        loss_weight_decay=optim.loss_weight_decay(config)), ('state', 'batch', 'const'))
+        steps.train_step, mean=(50.0,), std=(90.0,), dtype=jnp.float32,
+        loss_weight_decay=optim.loss_weight_decay(config.optimizer)), ('state', 'batch', 'const'))
     state, metrics = step(state, parallel.shard_batch(batch), jax.random.PRNGKey(1))
     state, _ = step(state, parallel.shard_batch(batch), jax.random.PRNGKey(1))
     results[style] = jax.device_get(state.params)
@@ -202,16 +203,16 @@ def test_loss_and_l2_decay_styles_give_the_same_sgd_update():
 
 def test_unknown_names_are_errors_listing_the_valid_ones():
   with pytest.raises(ValueError, match=r"config.optimizer.name 'adagrad' is not one of .*'lamb'"):
-    optim.create_optimizer(make_config(**{'optimizer.name': 'adagrad'}), 10)
+    train.build_optimizer(make_config(**{'optimizer.name': 'adagrad'}), 10)
   with pytest.raises(ValueError, match=r"config.optimizer.decay_style 'l1' .*'decoupled'"):
-    optim.create_optimizer(make_config(**{'optimizer.decay_style': 'l1'}), 10)
+    train.build_optimizer(make_config(**{'optimizer.decay_style': 'l1'}), 10)
   with pytest.raises(ValueError, match=r"config.schedule.name 'cosin' .*'cosine_restarts'"):
-    optim.learning_rate_schedule(make_config(**{'schedule.name': 'cosin'}), 10)
+    train.build_schedule(make_config(**{'schedule.name': 'cosin'}), 10)
 
 
-def lrs(steps, **fields):
-  schedule = optim.learning_rate_schedule(make_config(**fields), steps_per_epoch=10)
-  return [float(schedule(s)) for s in steps]
+def lrs(at, **fields):
+  schedule = train.build_schedule(make_config(**fields), 10)
+  return [float(schedule(s)) for s in at]
 
 
 def test_step_and_multistep_drops():
@@ -279,4 +280,4 @@ def test_linear_scaling_rule_counts_the_update_batch():
   for k in (1, 4):
     config = make_config(**{'batch_size': 1024, 'schedule.scale_by_batch': True,
                             'grad_accum_steps': k})
-    assert optim.base_learning_rate(config) == pytest.approx(0.4)
+    assert optim.base_learning_rate(config.schedule, config.batch_size) == pytest.approx(0.4)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from conftest import SHARED_DATA, extract_image_folder
 
-from resnet_jax.config import base_config, check_config
+from resnet_jax import train
+from resnet_jax.config import base_config
 from resnet_jax.data import load_split, preprocess
 from resnet_jax.data.augment import EvalPreprocess
 from resnet_jax.data.preprocess import Preprocessing, apply, fit, load_or_fit
@@ -160,8 +161,8 @@ def test_check_config_names_bad_preprocessing_fields():
   config = base_config()
   config.dataset.preprocess = 'whiten'
   with pytest.raises(ValueError, match="config.dataset.preprocess 'whiten' is not one of"):
-    check_config(config)
+    train.check(config)
   config.dataset.preprocess, config.dataset.whiten_epsilon = 'pca_whiten', 0.0
   with pytest.raises(ValueError, match='config.dataset.whiten_epsilon must be > 0'):
-    check_config(config)
+    train.check(config)
   assert preprocess.needs_fit(base_config().dataset) is False

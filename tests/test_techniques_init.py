@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_jax import train
+from resnet_jax import models, train
 from resnet_jax.config import base_config
 from resnet_jax.models import count_params, create_model, layers
 from resnet_jax.models.mlp import hidden_outputs
@@ -193,7 +193,7 @@ def test_config_init_reaches_the_kernels():
   config.model.init = 'xavier_normal'
   model = train.build_model(config, num_classes=10)
   assert model.kernel_init == 'xavier_normal'
-  variables = jax.jit(lambda k: train.initial_variables(model, k, (32, 32, 1)))(KEY)
+  variables = jax.jit(lambda k: models.initial_variables(model, k, (32, 32, 1)))(KEY)
   # c5 is a 5x5x16 -> 120 conv: fan_in 400, fan_out 3000 (lecun would give 1/400 = 0.0025).
   assert _kernel_variance(variables, 'c5') == pytest.approx(2 / 3400, rel=0.05)
 
@@ -201,7 +201,7 @@ def test_config_init_reaches_the_kernels():
 def test_selu_defaults_to_lecun_init():
   model = train.build_model(_mlp_config(act='selu'), num_classes=10)  # no init asked for
   assert model.kernel_init == 'lecun'
-  variables = jax.jit(lambda k: train.initial_variables(model, k, (28, 28, 1)))(KEY)
+  variables = jax.jit(lambda k: models.initial_variables(model, k, (28, 28, 1)))(KEY)
   # dense2: 256 -> 256, 65,536 samples; the MLP's own kaiming_in would give 2/256.
   assert _kernel_variance(variables, 'dense2') == pytest.approx(1 / 256, rel=0.03)
   # Klambauer et al. 2017 pair SELU with LeCun normal; other activations keep the model's default,
@@ -217,7 +217,7 @@ def test_selu_default_and_norm_switch_on_other_families():
   config.model.norm = 'none'
   model = train.build_model(config, num_classes=10)
   assert (model.act, model.kernel_init, model.norm) == ('selu', 'lecun', 'none')
-  variables = jax.eval_shape(lambda k: train.initial_variables(model, k, (32, 32, 3)), KEY)
+  variables = jax.eval_shape(lambda k: models.initial_variables(model, k, (32, 32, 3)), KEY)
   assert variables['batch_stats'] == {}  # no BatchNorm left
   # A family without a kernel_init argument still takes act=selu.
   config.model.name, config.model.norm = 'mobilenet_v1', None

@@ -11,9 +11,10 @@ import optax
 import pytest
 from conftest import run_main
 
-from resnet_jax import checkpoint, optim, train
+from resnet_jax import checkpoint, metrics, steps, train
 from resnet_jax.config import base_config
 from resnet_jax.data import load_split
+from resnet_jax.parallel import DataParallel
 
 
 def make_config(**fields):
@@ -34,16 +35,16 @@ def digits_batch(n: int, image_size: int) -> dict:
   return {'image': images, 'label': labels}
 
 
-def run_steps(config, parallel: train.DataParallel, batch: dict, steps: int):
-  """`steps` train steps of config's model on the same global batch; returns host params etc."""
+def run_steps(config, parallel: DataParallel, batch: dict, count: int):
+  """`count` train steps of config's model on the same global batch; returns host params etc."""
   model = train.build_model(config, 10)
-  tx = optim.create_optimizer(config, steps_per_epoch=10)
-  state = train.create_train_state(model, tx, jax.random.PRNGKey(0),
+  tx = train.build_optimizer(config, 10)
+  state = steps.create_train_state(model, tx, jax.random.PRNGKey(0),
                                    (*batch['image'].shape[1:],))
   state = parallel.replicate(state)
-  step = parallel.map(functools.partial(train.train_step, mean=(50.0,), std=(90.0,),
+  step = parallel.map(functools.partial(steps.train_step, mean=(50.0,), std=(90.0,),
                                         dtype=jnp.float32), ('state', 'batch', 'const'))
-  for _ in range(steps):
+  for _ in range(count):
     state, metrics = step(state, parallel.shard_batch(batch), jax.random.PRNGKey(1))
   state = jax.device_get(parallel.unreplicate(state))
   return {'params': state.params, 'batch_stats': state.batch_stats}, jax.device_get(
@@ -56,8 +57,8 @@ def test_eight_devices_match_one_device_on_the_same_global_batch(mode, model):
   # Sync BN makes BatchNorm see the global batch, as a single device does.
   config = make_config(**{'model.name': model, 'model.sync_bn': model != 'lenet5'})
   batch = digits_batch(32, 32 if model == 'lenet5' else 16)
-  eight, m8 = run_steps(config, train.DataParallel(mode), batch, steps=2)
-  one, m1 = run_steps(config, train.DataParallel(mode, devices=jax.devices()[:1]), batch, steps=2)
+  eight, m8 = run_steps(config, DataParallel(mode), batch, count=2)
+  one, m1 = run_steps(config, DataParallel(mode, devices=jax.devices()[:1]), batch, count=2)
   assert len(jax.devices()) == 8
   np.testing.assert_allclose(m8['loss'], m1['loss'], rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), eight, one)
@@ -66,8 +67,8 @@ def test_eight_devices_match_one_device_on_the_same_global_batch(mode, model):
 def test_shard_map_and_pmap_give_identical_parameters():
   config = make_config(**{'model.name': 'cifar_resnet20'})
   batch = digits_batch(32, 16)
-  by_shard_map, _ = run_steps(config, train.DataParallel('shard_map'), batch, steps=3)
-  by_pmap, _ = run_steps(config, train.DataParallel('pmap'), batch, steps=3)
+  by_shard_map, _ = run_steps(config, DataParallel('shard_map'), batch, count=3)
+  by_pmap, _ = run_steps(config, DataParallel('pmap'), batch, count=3)
   # The same step function; XLA may order the all-reduce sums differently: a few ulps at most.
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
                by_shard_map, by_pmap)
@@ -76,10 +77,10 @@ def test_shard_map_and_pmap_give_identical_parameters():
 def test_per_device_batch_norm_statistics_are_averaged_across_devices():
   config = make_config(**{'model.name': 'cifar_resnet20'})  # Per-device BN (no sync).
   batch = digits_batch(32, 16)
-  eight, _ = run_steps(config, train.DataParallel('shard_map'), batch, steps=1)
+  eight, _ = run_steps(config, DataParallel('shard_map'), batch, count=1)
   # Device d normalised with the statistics of its own 4 examples; the saved running mean is
   # the average over devices, which for the first BN is the global batch's mean (linear).
-  one, _ = run_steps(config, train.DataParallel('shard_map', devices=jax.devices()[:1]), batch, 1)
+  one, _ = run_steps(config, DataParallel('shard_map', devices=jax.devices()[:1]), batch, 1)
   stem_mean = lambda s: s['batch_stats']['stem_bn']['mean']
   np.testing.assert_allclose(stem_mean(eight), stem_mean(one), rtol=1e-4, atol=1e-6)
   # The variances differ (4-example versus 32-example statistics): BN really was per device.
@@ -91,7 +92,7 @@ def test_per_device_batch_norm_statistics_are_averaged_across_devices():
 def test_bfloat16_computes_in_bf16_with_float32_parameters():
   config = make_config(**{'dtype': 'bfloat16', 'model.name': 'cifar_resnet20'})
   batch = digits_batch(16, 16)
-  state, metrics = run_steps(config, train.DataParallel('shard_map'), batch, steps=1)
+  state, metrics = run_steps(config, DataParallel('shard_map'), batch, count=1)
   assert all(p.dtype == np.float32 for p in jax.tree.leaves(state['params']))
   assert np.isfinite(metrics['loss'])
 
@@ -99,12 +100,12 @@ def test_bfloat16_computes_in_bf16_with_float32_parameters():
 def test_learning_rate_schedules_and_linear_scaling():
   config = make_config(**{'schedule.name': 'step', 'schedule.boundaries': (2.0, 4.0),
                           'schedule.base_lr': 0.1, 'num_epochs': 6.0})
-  lr = optim.learning_rate_schedule(config, steps_per_epoch=10)
+  lr = train.build_schedule(config, 10)
   assert [float(lr(s)) for s in (0, 19, 20, 39, 40)] == pytest.approx(
       [0.1, 0.1, 0.01, 0.01, 0.001])
   config = make_config(**{'schedule.name': 'cosine', 'schedule.warmup_epochs': 1.0,
                           'schedule.scale_by_batch': True, 'batch_size': 1024})
-  lr = optim.learning_rate_schedule(config, steps_per_epoch=10)
+  lr = train.build_schedule(config, 10)
   assert float(lr(0)) == 0.0 and float(lr(10)) == pytest.approx(0.2)  # 0.05 * 1024 / 256.
   assert float(lr(5)) == pytest.approx(0.1)
 
@@ -114,7 +115,7 @@ def test_weight_decay_skips_batch_norm_and_biases():
             'bias': jnp.ones(2)}, 'dense': {'kernel': jnp.ones((2, 2)), 'bias': jnp.ones(2)}}
   config = make_config(**{'optimizer.weight_decay': 0.5, 'schedule.name': 'constant',
                           'schedule.base_lr': 1.0, 'optimizer.momentum': 0.0})
-  tx = optim.create_optimizer(config, steps_per_epoch=1)
+  tx = train.build_optimizer(config, 1)
   zeros = jax.tree.map(jnp.zeros_like, params)
   updates, _ = tx.update(zeros, tx.init(params), params)
   new = optax.apply_updates(params, updates)
@@ -185,8 +186,8 @@ def test_metric_writer_leaves_torch_unimported(tmp_path):
   pytest.importorskip('torch')
   script = (
       'import sys\n'
-      'from resnet_jax import train\n'
-      f'writer = train.MetricWriter({str(tmp_path)!r})\n'
+      'from resnet_jax import metrics\n'
+      f'writer = metrics.MetricWriter({str(tmp_path)!r})\n'
       'writer.write(1, {"loss": 0.5})\n'
       'writer.close()\n'
       'print("torch" in sys.modules)\n'
@@ -196,7 +197,7 @@ def test_metric_writer_leaves_torch_unimported(tmp_path):
   assert done.returncode == 0, done.stderr[-3000:]
   assert done.stdout.split() == ['False', '2.0']
   assert any(name.startswith('events.out.tfevents') for name in os.listdir(tmp_path))
-  assert train.read_metrics(str(tmp_path)) == {1: {'loss': 0.5}}
+  assert metrics.read_metrics(str(tmp_path)) == {1: {'loss': 0.5}}
 
 
 def test_command_line_trains_then_evaluates_the_latest_checkpoint(tmp_path):
@@ -241,15 +242,15 @@ def test_auxiliary_classifier_losses_are_added_with_their_weight():
   model = TwoHeads()
   batch = digits_batch(8, 8)
   tx = optax.sgd(0.1)
-  state = train.TrainState.create(
+  state = steps.TrainState.create(
       apply_fn=model.apply, tx=tx, batch_stats={}, skipped_steps=jnp.zeros((), jnp.int32),
       params=model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)), train=True)['params'])
-  parallel = train.DataParallel('shard_map')
-  step = parallel.map(functools.partial(train.train_step, mean=(50.0,), std=(90.0,),
+  parallel = DataParallel('shard_map')
+  step = parallel.map(functools.partial(steps.train_step, mean=(50.0,), std=(90.0,),
                                         dtype=jnp.float32, aux_weight=0.3),
                       ('state', 'batch', 'const'))
   _, metrics = step(parallel.replicate(state), parallel.shard_batch(batch), jax.random.PRNGKey(1))
-  x = train.normalize(jnp.asarray(batch['image']), (50.0,), (90.0,), jnp.float32)
+  x = steps.normalize(jnp.asarray(batch['image']), (50.0,), (90.0,), jnp.float32)
   logits, aux = model.apply({'params': state.params}, x, train=True)
   ce = lambda z: optax.softmax_cross_entropy_with_integer_labels(z, batch['label']).mean()
   np.testing.assert_allclose(metrics['loss'], ce(logits) + 0.3 * ce(aux), rtol=1e-5)

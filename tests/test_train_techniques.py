@@ -13,15 +13,16 @@ import optax
 import pytest
 from test_train import digits_batch, make_config
 
-from resnet_jax import checkpoint, optim, train
+from resnet_jax import checkpoint, evaluate, steps, train
+from resnet_jax.parallel import DataParallel
 
 NORM = dict(mean=(50.0,), std=(90.0,), dtype=jnp.float32)
 
 
 def fresh_state(config, parallel, image_size=32, ema=False):
   model = train.build_model(config, 10)
-  tx = optim.create_optimizer(config, steps_per_epoch=10)
-  state = train.create_train_state(model, tx, jax.random.PRNGKey(0), (image_size, image_size, 1),
+  tx = train.build_optimizer(config, 10)
+  state = steps.create_train_state(model, tx, jax.random.PRNGKey(0), (image_size, image_size, 1),
                                    ema=ema)
   return parallel.replicate(state)
 
@@ -30,12 +31,12 @@ def test_accumulated_micro_batches_give_the_update_of_the_whole_batch():
   # Goyal et al. 2017: k micro-batches of B/k, gradients averaged, one update = one batch of B
   # (LeNet-5 has no BatchNorm, whose statistics would differ per micro-batch).
   batch = digits_batch(64, 32)
-  parallel = train.DataParallel('shard_map')
+  parallel = DataParallel('shard_map')
   params = {}
   for k in (1, 4):
     config = make_config(grad_accum_steps=k)
     state = fresh_state(config, parallel)
-    step = parallel.map(functools.partial(train.train_step, grad_accum_steps=k, **NORM),
+    step = parallel.map(functools.partial(steps.train_step, grad_accum_steps=k, **NORM),
                         ('state', 'batch', 'const'))
     for _ in range(2):
       state, metrics = step(state, parallel.shard_batch(batch), jax.random.PRNGKey(1))
@@ -58,12 +59,12 @@ def test_ema_follows_the_closed_form():
   # ema = d^n p0 + (1 - d^n) p.
   config = make_config(**{'schedule.name': 'constant', 'schedule.base_lr': 0.0,
                           'optimizer.weight_decay': 0.0})
-  parallel = train.DataParallel('shard_map')
+  parallel = DataParallel('shard_map')
   state = jax.device_get(fresh_state(config, parallel, ema=True))
   p0 = state.params
   p = jax.tree.map(lambda x: x + 1.0, p0)
   state = parallel.replicate(state.replace(params=p))
-  step = parallel.map(functools.partial(train.train_step, ema_decay=0.9, **NORM),
+  step = parallel.map(functools.partial(steps.train_step, ema_decay=0.9, **NORM),
                       ('state', 'batch', 'const'))
   batch = parallel.shard_batch(digits_batch(16, 32))
   for _ in range(5):
@@ -94,13 +95,13 @@ def test_ema_is_evaluated_saved_and_reported(tmp_path):
   assert by_hand['loss'] == pytest.approx(results['ema_loss'], rel=1e-5)
   assert results['ema_loss'] != pytest.approx(results['loss'], rel=1e-4)
   # --mode=eval reports both too.
-  assert train.evaluate_checkpoint(config, workdir) == pytest.approx(results)
+  assert evaluate.evaluate_checkpoint(config, workdir) == pytest.approx(results)
   # A config without EMA cannot restore the checkpoint, and the error says which field to set.
   with pytest.raises(ValueError, match='config.ema_decay'):
-    train.evaluate_checkpoint(make_config(**{'num_epochs': 0.25}), workdir)
+    evaluate.evaluate_checkpoint(make_config(**{'num_epochs': 0.25}), workdir)
 
 
-mix = jax.jit(train.mix_batch,
+mix = jax.jit(steps.mix_batch,
               static_argnames=('mixup_alpha', 'cutmix_alpha', 'mix_prob', 'switch_prob'))
 
 
@@ -118,7 +119,7 @@ def test_mixup_is_the_convex_combination_with_a_permutation():
   assert float(other_lam) != float(lam)
   # Beta(0.2, 0.2) (Zhang et al. 2018): most lambdas near 0 or 1.
   keys = jax.random.split(jax.random.PRNGKey(5), 400)
-  lams = np.asarray(jax.vmap(lambda k: train.mix_batch(k, IMAGES[:2], mixup_alpha=0.2)[1])(keys))
+  lams = np.asarray(jax.vmap(lambda k: steps.mix_batch(k, IMAGES[:2], mixup_alpha=0.2)[1])(keys))
   assert np.mean((lams < 0.1) | (lams > 0.9)) > 0.5
   assert abs(np.mean(lams) - 0.5) < 0.1
 
@@ -141,7 +142,7 @@ def test_cutmix_box_area_matches_the_corrected_lambda():
 def test_mixed_targets_sum_to_one_with_label_smoothing():
   labels = jnp.array([0, 1, 2, 3])
   partner = jnp.array([1, 1, 4, 0])
-  targets = train.soft_targets(labels, 5, 0.1, partner, lam=0.7)
+  targets = steps.soft_targets(labels, 5, 0.1, partner, lam=0.7)
   np.testing.assert_allclose(targets.sum(-1), 1.0, rtol=1e-6)
   # 0.1 smoothing puts 0.92 on the label, 0.02 elsewhere; mixed 0.7 / 0.3.
   np.testing.assert_allclose(targets[0], [0.7 * 0.92 + 0.3 * 0.02, 0.7 * 0.02 + 0.3 * 0.92,
@@ -181,16 +182,16 @@ def test_train_and_eval_steps_pass_the_rng_streams():
   model = NoisyPool()
   variables = model.init({'params': jax.random.PRNGKey(0), 'fmp': jax.random.PRNGKey(1)},
                          jnp.zeros((1, 8, 8, 1)), train=False)
-  state = train.TrainState.create(apply_fn=model.apply, params=variables['params'],
+  state = steps.TrainState.create(apply_fn=model.apply, params=variables['params'],
                                   tx=optax.sgd(0.1), batch_stats={}, ema={},
                                   skipped_steps=jnp.zeros((), jnp.int32))
-  parallel = train.DataParallel('shard_map')
+  parallel = DataParallel('shard_map')
   batch = digits_batch(16, 8)
-  step = parallel.map(functools.partial(train.train_step, **NORM), ('state', 'batch', 'const'))
+  step = parallel.map(functools.partial(steps.train_step, **NORM), ('state', 'batch', 'const'))
   new, metrics = step(parallel.replicate(state), parallel.shard_batch(batch),
                       jax.random.PRNGKey(2))
   assert np.isfinite(metrics['loss'])
-  evaluate = parallel.map(functools.partial(train.eval_step, **NORM),
+  evaluate = parallel.map(functools.partial(steps.eval_step, **NORM),
                           ('state', 'batch', 'const'))
   eval_batch = parallel.shard_batch({**batch, 'mask': np.ones(16, np.float32)})
   key = jax.random.fold_in(jax.random.PRNGKey(0), 2)

@@ -5,15 +5,15 @@ import subprocess
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import REPO, SHARED_DATA, extract_image_folder
 
-from resnet_jax import checkpoint, optim, train
+from resnet_jax import checkpoint, models, optim, steps, train
 from resnet_jax.config import base_config
 from resnet_jax.convert import load_variables
 from resnet_jax.data import load_split
+from resnet_jax.parallel import DataParallel
 
 
 def make_config(**fields):
@@ -35,12 +35,12 @@ def flat(tree) -> dict:
                                          ('vgg11', 'classifier.6')])
 def test_head_is_the_last_layer_and_backbone_all_the_others(model, head):
   config = make_config(**{'model.name': model, 'freeze': 'backbone'})
-  paths, factor = optim.param_groups(config)
+  paths, factor = train.build_param_groups(config)
   assert sorted(p for p in paths if factor(p) != 0) == [f'{head}/bias', f'{head}/kernel']
   assert len(paths) >= 10 and len(set(paths)) == len(paths)
   config.freeze = ''
   config.optimizer.lr_multipliers = 'head=10,backbone=0.1'  # The shorthands work as REGEX=FACTOR.
-  _, factor = optim.param_groups(config)
+  _, factor = train.build_param_groups(config)
   assert {p: factor(p) for p in paths} == {p: 10.0 if p.startswith(f'{head}/') else 0.1
                                            for p in paths}
 
@@ -52,16 +52,16 @@ def test_freeze_backbone_leaves_every_backbone_parameter_and_statistic_bitwise_u
   records = load_split(config.dataset, 'train').records
   batch = {'image': np.stack([records[i]['image'] for i in range(64)]),
            'label': np.array([records[i]['label'] for i in range(64)], np.int32)}
-  model, tx = train.build_model(config, 10), optim.create_optimizer(config, 10)
-  state = jax.jit(lambda k: train.create_train_state(model, tx, k, (8, 8, 1)))(
+  model, tx = train.build_model(config, 10), train.build_optimizer(config, 10)
+  state = jax.jit(lambda k: steps.create_train_state(model, tx, k, (8, 8, 1)))(
       jax.random.PRNGKey(0))
   before = jax.device_get({'params': state.params, 'batch_stats': state.batch_stats})
   # Only the head holds momentum buffers: frozen parameters have no optimizer state.
   buffers = [x.shape for x in jax.tree.leaves(state.opt_state) if x.ndim]
   assert sorted(buffers) == [(10,), (64, 10)]
-  parallel = train.DataParallel('shard_map')
-  step = parallel.map(functools.partial(train.train_step, **train.train_step_options(config, model),
-                                        mean=(50.0,), std=(90.0,), dtype=jnp.float32),
+  parallel = DataParallel('shard_map')
+  step = parallel.map(functools.partial(steps.train_step, **train.train_step_options(config, model),
+                                        mean=(50.0,), std=(90.0,)),
                       ('state', 'batch', 'const'))
   state = parallel.replicate(state)
   for _ in range(3):
@@ -87,7 +87,7 @@ def test_lr_multipliers_scale_a_plain_sgd_update():
   config = make_config(**{'optimizer.momentum': 0.0, 'schedule.name': 'constant',
                           'schedule.base_lr': 0.1, 'optimizer.weight_decay': 1e-3})
   model = train.build_model(config, 10)
-  shapes = jax.eval_shape(lambda k: train.initial_variables(model, k, (32, 32, 1)),
+  shapes = jax.eval_shape(lambda k: models.initial_variables(model, k, (32, 32, 1)),
                           jax.random.PRNGKey(0))['params']
   rng = np.random.default_rng(0)  # Random weights and gradients (NumPy: nothing to compile).
   params, grads = (jax.tree.map(lambda s: rng.standard_normal(s.shape, np.float32), shapes)
@@ -95,7 +95,7 @@ def test_lr_multipliers_scale_a_plain_sgd_update():
 
   def update(multipliers):
     config.optimizer.lr_multipliers = multipliers
-    tx = optim.create_optimizer(config, steps_per_epoch=10)
+    tx = train.build_optimizer(config, 10)
     return flat(jax.jit(tx.update)(grads, tx.init(params), params)[0])
 
   base, scaled = update(''), update('c3=2,c1=0')

@@ -1,5 +1,5 @@
 """Seed ensembles on the CIFAR-10 JPEG folder: k members trained together in one vmapped program
-(resnet_jax.evaluate.train_seed_ensemble), each scored alone and as a softmax average, on the
+(resnet_jax.sweep.train_seed_ensemble), each scored alone and as a softmax average, on the
 center view and on the 10-crop (pad 4, as training's crops).
 
 full: ResNet-20 with He et al. 2015's CIFAR schedule (cifar10_resnet20.py: batch 128, lr 0.1 /10 at

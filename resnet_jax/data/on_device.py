@@ -31,13 +31,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.sharding import NamedSharding, PartitionSpec
 
 from resnet_jax.data.augment import OPS, AugmentOptions, EvalPreprocess, parse_augment
-from resnet_jax.data.pipeline import _to_iter
-from resnet_jax.data.sources import Split
+from resnet_jax.data.sources import Split, to_iter_dataset
+from resnet_jax.parallel import AXIS
 
-AXIS = 'batch'  # The mesh axis of train.DataParallel.
 ON_DEVICE = ('auto', 'always', 'never')
 SUPPORTED_OPS = ('pad_crop', 'flip', 'colour_jitter', 'pca_lighting', 'cutout')
 # 'auto' keeps the split on the devices when its bytes are at most this share of a device's
@@ -113,22 +111,9 @@ def load_arrays(split: Split, dataset_config) -> dict[str, np.ndarray]:
   d = dataset_config
   view = EvalPreprocess(d.augment, d.image_size)
   dataset = grain.MapDataset.source(split.records).map(view).batch(LOAD_CHUNK)
-  batches = list(_to_iter(dataset, d.num_workers))
+  batches = list(to_iter_dataset(dataset, d.num_workers))
   return {'image': np.concatenate([b['image'] for b in batches]),
           'label': np.concatenate([b['label'] for b in batches]).astype(np.int32)}
-
-
-def place(arrays, parallel):
-  """A pytree of host arrays -> one whole copy per device, in train.DataParallel's 'data' layout
-  (as 'state')."""
-  arrays = jax.tree.map(np.asarray, arrays)
-  if parallel.mode == 'pmap':
-    n = len(parallel.local_devices)
-    copy = jax.pmap(lambda x: x, devices=parallel.devices)
-    return copy(jax.tree.map(lambda x: np.broadcast_to(x, (n, *x.shape)), arrays))
-  replicated = NamedSharding(parallel.mesh, PartitionSpec())
-  return jax.tree.map(
-      lambda x: jax.make_array_from_callback(x.shape, replicated, lambda index: x[index]), arrays)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -301,19 +286,18 @@ def multi_step(train_step: Callable, augment: DeviceAugment, *, max_steps: int, 
   return run
 
 
-def resolve_steps_per_call(config, eval_every: int, platform: str) -> int:
+def resolve_steps_per_call(steps_per_call: int, periods: tuple[int, ...], platform: str) -> int:
   """The most steps a call runs: config.steps_per_call (0: MAX_STEPS_PER_CALL, on the 'cpu'
-  platform CPU_STEPS_PER_CALL), and no more than the shortest period of logging, evaluation and
-  checkpoints (calls stop at each of them)."""
+  platform CPU_STEPS_PER_CALL), and no more than the shortest of `periods` (the steps between
+  logs, evaluations and checkpoints: calls stop at each of them)."""
   default = CPU_STEPS_PER_CALL if platform == 'cpu' else MAX_STEPS_PER_CALL
-  return min(config.steps_per_call or default, config.log_every_steps,
-             config.checkpoint_every_steps, eval_every)
+  return min(steps_per_call or default, *periods)
 
 
 class DeviceData:
   """The training split on the devices, and the mapped multi-step call over it.
 
-  `train_step` is the per-device step (train.train_step with the run's options), `key` the run's
+  `train_step` is the per-device step (steps.train_step with the run's options), `key` the run's
   data key (shuffling and augmentation), `max_steps` the most steps of one call.
   """
 
@@ -324,9 +308,9 @@ class DeviceData:
       raise ValueError(f"the training split has {len(arrays['label'])} examples, fewer than "
                        f'config.batch_size={batch_size}')
     self.key, self.max_steps = key, max_steps
-    self.arrays = place(arrays, parallel)
+    self.arrays = parallel.place(arrays)
     no_order = (np.zeros(len(arrays['label']), np.int32), np.int32(-1))
-    self.order = place(no_order, parallel)  # (indices, epoch): drawn by the first step.
+    self.order = parallel.place(no_order)  # (indices, epoch): drawn by the first step.
     fn = multi_step(train_step, augment, max_steps=max_steps, batch_size=batch_size,
                     steps_per_epoch=steps_per_epoch, num_devices=len(parallel.devices))
     self.call = parallel.map(fn, ('state', 'data', 'data', 'const', 'const', 'const', 'const'),

@@ -2,8 +2,7 @@
 
 Each process reads its own shard of the records (multi-host), decodes and augments them (in
 worker processes if asked), batches its share of the global batch, and hands the batch to JAX
-as one global array sharded over the mesh axis `batch` (or, for `jax.pmap`, as a
-[local devices, per device, ...] array).
+to `parallel.DataParallel.shard_batch`, which places it on the devices.
 """
 from __future__ import annotations
 
@@ -13,37 +12,18 @@ from typing import TYPE_CHECKING, Iterator
 import grain
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from resnet_jax.data.augment import AugmentOptions, EvalPreprocess, TrainAugment
-from resnet_jax.data.sources import Split
+from resnet_jax.data.sources import Split, to_iter_dataset
+from resnet_jax.parallel import per_process_batch_size
 
 if TYPE_CHECKING:
   from resnet_jax.data.preprocess import Preprocessing
 
 
-def per_process_batch_size(global_batch_size: int) -> int:
-  """This process's share of the global batch; the batch must split evenly over every device."""
-  devices = jax.device_count()
-  if global_batch_size % devices:
-    raise ValueError(f'config.batch_size={global_batch_size} must be divisible by the number of '
-                     f'devices ({devices}); try '
-                     f'{max(devices, global_batch_size // devices * devices)}')
-  return global_batch_size // jax.process_count()
-
-
-def _records_of_this_process(split: Split) -> grain.MapDataset:
+def records_of_this_process(split: Split) -> grain.MapDataset:
   """This host's share of the records, for evaluation: every process_count-th record."""
   return grain.MapDataset.source(split.records)[jax.process_index()::jax.process_count()]
-
-
-def _to_iter(dataset: grain.MapDataset, num_workers: int) -> grain.IterDataset:
-  """Reads in this process (no reader threads: they only contend for the GIL on small records)
-  or in `num_workers` processes, each producing whole batches, so batches do not depend on it."""
-  if num_workers == 0:
-    return dataset.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
-  workers = grain.MultiprocessingOptions(num_workers=num_workers)
-  return dataset.to_iter_dataset().mp_prefetch(workers)
 
 
 def train_augment(split: Split, augment: str, image_size: int, dataset_config=None,
@@ -82,23 +62,26 @@ def make_train_loader(split: Split, *, global_batch_size: int, seed: int, augmen
                                        preprocessing))
              .batch(batch_size, drop_remainder=True))
   dataset = dataset[jax.process_index()::jax.process_count()]
-  return _to_iter(dataset, num_workers)
+  return to_iter_dataset(dataset, num_workers)
 
 
-def eval_batches(split: Split, *, global_batch_size: int, augment: str, image_size: int,
-                 num_workers: int) -> Iterator[dict[str, np.ndarray]]:
+def eval_batches(split: Split, *, global_batch_size: int, augment: str = 'none',
+                 image_size: int = 0, num_workers: int = 0,
+                 view: grain.transforms.Map | None = None) -> Iterator[dict[str, np.ndarray]]:
   """Every example of `split` exactly once, in order, in batches padded with `mask == 0`.
 
   Every process yields the same number of batches (padding whole batches where its shard is
-  shorter), so the collective evaluation step runs in lockstep on all hosts.
+  shorter), so the collective evaluation step runs in lockstep on all hosts. Each example is
+  the evaluation view of a model trained with `augment` at `image_size`, or what `view` (a
+  Grain map of one record, e.g. evaluate.ViewsMap's several crops) makes of it.
   """
   batch_size = per_process_batch_size(global_batch_size)
-  preprocess = EvalPreprocess(augment, image_size)
-  dataset = (_records_of_this_process(split)
+  preprocess = EvalPreprocess(augment, image_size) if view is None else view
+  dataset = (records_of_this_process(split)
              .map(preprocess).batch(batch_size, drop_remainder=False))
   num_batches = math.ceil(math.ceil(len(split) / jax.process_count()) / batch_size)
   image_shape = preprocess.map(split.records[0])['image'].shape
-  batches = iter(_to_iter(dataset, num_workers))
+  batches = iter(to_iter_dataset(dataset, num_workers))
   for _ in range(num_batches):
     batch = next(batches, None)
     count = 0 if batch is None else len(batch['label'])
@@ -108,21 +91,3 @@ def eval_batches(split: Split, *, global_batch_size: int, augment: str, image_si
       image[:count], label[:count] = batch['image'], batch['label']
     mask = (np.arange(batch_size) < count).astype(np.float32)
     yield {'image': image, 'label': label, 'mask': mask}
-
-
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """Leading (example) axis split over the mesh axis `batch`."""
-  return NamedSharding(mesh, PartitionSpec('batch'))
-
-
-def to_global(batch: dict[str, np.ndarray], mesh: Mesh | None, local_devices: int) -> dict:
-  """Places this process's batch on its devices.
-
-  With a mesh (shard_map): one global jax.Array per field, sharded over `batch`.
-  Without (pmap): a NumPy array with a leading local-device axis, which `jax.pmap` splits.
-  """
-  if mesh is None:
-    n = local_devices
-    return {k: v.reshape(n, v.shape[0] // n, *v.shape[1:]) for k, v in batch.items()}
-  sharding = batch_sharding(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}

@@ -28,8 +28,7 @@ from absl import logging
 from etils import epath
 
 from resnet_jax.data.augment import EvalPreprocess, parse_augment
-from resnet_jax.data.pipeline import _to_iter
-from resnet_jax.data.sources import Split, Subset
+from resnet_jax.data.sources import Split, Subset, to_iter_dataset
 
 PREPROCESSING = ('fixed', 'mean', 'standardize', 'pca_whiten', 'zca_whiten')
 WHITENING = ('pca_whiten', 'zca_whiten')
@@ -175,7 +174,7 @@ def fit(split: Split, dataset_config, *, num_workers: int | None = None) -> Prep
   count, image_sum = 0, np.zeros((height, width, channels))
   pixel_sum, pixel_outer = np.zeros(channels), np.zeros((channels, channels))
   flat_outer = np.zeros((dim, dim)) if kind in WHITENING else None
-  for batch in _to_iter(dataset, workers):
+  for batch in to_iter_dataset(dataset, workers):
     x = batch['image'].astype(np.float64) / 255.0  # Statistics on the 0..1 scale.
     count += len(x)
     image_sum += x.sum(0)
@@ -206,12 +205,18 @@ def fit(split: Split, dataset_config, *, num_workers: int | None = None) -> Prep
   return Preprocessing(kind, f32(255.0 * mean_image), f32([255.0]), whiten=f32(whiten), **stats)
 
 
-def load_or_fit(path: str, split: Split | None, dataset_config, *,
+def load_or_fit(path: str | None, split: Split | None, dataset_config, *,
                 num_workers: int | None = None) -> Preprocessing:
   """The run's preprocessing: loaded from `path` when a previous run (or this one, before a
-  restart) saved it there, else fitted on `split` and saved there (by process 0)."""
+  restart) saved it there, else fitted on `split` and saved there (by process 0); with no
+  `path` (a run without a workdir), fitted and kept in memory only."""
   d = dataset_config
   check_preprocess(d)
+  if path is None:
+    if split is None and needs_fit(d):
+      raise ValueError(f"config.dataset.preprocess '{d.preprocess}' (or augment '{d.augment}') "
+                       'needs the training split or a workdir holding preprocess.npz')
+    return fit(split, d, num_workers=num_workers)
   if epath.Path(path).exists():
     loaded = Preprocessing.load(path)
     if loaded.kind != d.preprocess:

@@ -12,6 +12,7 @@ import difflib
 import os
 from typing import Any, Sequence
 
+import grain
 import numpy as np
 from absl import logging
 from PIL import Image
@@ -280,3 +281,12 @@ def load_split(dataset_config, split: str) -> Split:
     return load_tfds_split(source[len('tfds:'):], split, dataset_config.data_dir or None,
                            val_fraction)
   raise ValueError(f"config.dataset.source '{source}' is not one of {SOURCE_KINDS}")
+
+
+def to_iter_dataset(dataset: grain.MapDataset, num_workers: int) -> grain.IterDataset:
+  """Reads in this process (no reader threads: they only contend for the GIL on small records)
+  or in `num_workers` processes, each producing whole batches, so batches do not depend on it."""
+  if num_workers == 0:
+    return dataset.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
+  workers = grain.MultiprocessingOptions(num_workers=num_workers)
+  return dataset.to_iter_dataset().mp_prefetch(workers)
