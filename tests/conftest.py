@@ -6,6 +6,11 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The XLA:CPU defaults every entry point sets (resnet_jax.xla_flags), before jax starts: tests run
+# in-process what the main job runs.
+from resnet_jax import xla_flags  # noqa: E402
+
+xla_flags.set_cpu_defaults()
 # One compilation cache for the session and the training processes it starts: many tests compile
 # the same programs (a LeNet-5 or ResNet-20 step) in fresh processes or from fresh jit objects, and
 # a cache hit skips XLA's compile (about a quarter of the suite's time on 2 cores). A new folder

@@ -3,8 +3,11 @@ import json
 import os
 import pathlib
 import shlex
+import shutil
+import site
 import subprocess
 import sys
+import sysconfig
 
 import pytest
 
@@ -133,6 +136,21 @@ def test_local_dry_run_prints_the_command_and_runs_nothing(tmp_path):
       [str(python), '-m', 'resnet_jax.main', f'--config={CONFIG}', '--workdir=/tmp/w', NASTY]]
 
 
+def installed_tool(name: str) -> str:
+  """`name` as installed with the running interpreter (its venv's bin/, or its user scripts
+  folder where user site-packages are on), never from PATH: `.venv/bin/pytest` leaves the venv's
+  bin/ off PATH, and a tool a machine happens to have is not one the project's install provides."""
+  folders = [os.path.dirname(sys.executable), sysconfig.get_path('scripts')]
+  if site.ENABLE_USER_SITE:
+    folders.append(sysconfig.get_path('scripts', sysconfig.get_preferred_scheme('user')))
+  folders = list(dict.fromkeys(folders))  # A venv's first two are the same.
+  for folder in folders:
+    if found := shutil.which(name, path=folder):
+      return found
+  pytest.fail(f"no {name} in {folders}: pip install -e '.[dev]' installs it")
+
+
 def test_shellcheck_is_clean():
-  result = subprocess.run(['shellcheck', str(LAUNCH)], capture_output=True, text=True, timeout=30)
+  result = subprocess.run([installed_tool('shellcheck'), str(LAUNCH)], capture_output=True,
+                          text=True, timeout=30)
   assert result.returncode == 0, result.stdout
