@@ -1,6 +1,7 @@
 """Evaluation views, checkpoint ensembles, seed ensembles trained together (resnet_jax.evaluate)."""
 import csv
 import json
+import os
 import subprocess
 import sys
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import REPO, SHARED_DATA, extract_image_folder
 
-from resnet_jax import data, evaluate, sweep, train
+from resnet_jax import data, evaluate, metrics, sweep, train
 from resnet_jax.checkpoint import load_state_tree
 from resnet_jax.config import base_config
 
@@ -174,3 +175,11 @@ def test_ensembles_experiment_writes_its_table_and_plot(tmp_path, cifar_folder):
     loss = {r['model']: float(r['loss']) for r in rows if r['eval_mode'] == mode}
     assert loss['ensemble'] <= (loss['seed_0'] + loss['seed_1']) / 2
   assert (tmp_path / 'ensembles.png').stat().st_size > 10_000
+
+
+def test_seed_ensemble_trains_through_the_main_loop(runs):
+  # One metrics.jsonl for the members, a tag per member, written by train.loop.
+  logged = metrics.read_metrics(os.path.dirname(runs['seed_0']))
+  tags = set().union(*logged.values())
+  assert {'train/loss/seed_0', 'train/loss/seed_1', 'eval/accuracy/seed_0',
+          'train/learning_rate'} <= tags

@@ -7,7 +7,7 @@ import sys
 import pytest
 from conftest import REPO
 
-from resnet_jax import sweep
+from resnet_jax import checkpoint, metrics, sweep
 from resnet_jax.config import base_config
 
 
@@ -82,3 +82,16 @@ def test_command_line_random_search_writes_the_table(tmp_path):
   assert len(rows) == 3 and all(0.01 <= float(r['schedule.base_lr']) <= 0.1 for r in rows)
   assert all(0 <= float(r['accuracy']) <= 1 and math.isfinite(float(r['loss'])) for r in rows)
   assert (tmp_path / 'sweep.md').read_text().startswith('| schedule.base_lr | seed | accuracy')
+
+
+def test_vmapped_trials_run_through_the_main_loop(tmp_path):
+  # The loop's own checks and outputs: per-trial scalars in metrics.jsonl, each trial's
+  # checkpoint, and a non-finite loss stopping the run before it is saved.
+  sweep.run_sweep(small_config(), ['schedule.base_lr=[0.02,0.1]'], str(tmp_path / 'ok'), vmap='on')
+  logged = metrics.read_metrics(str(tmp_path / 'ok'))
+  last = logged[max(logged)]
+  assert {'train/loss/trial_000', 'train/loss/trial_001', 'eval/accuracy/trial_001'} <= set(last)
+  assert checkpoint.load_state_tree(str(tmp_path / 'ok' / 'trial_001'))['step'] == 22
+  with pytest.raises(FloatingPointError, match='at step'):
+    sweep.run_sweep(small_config(), ['schedule.base_lr=[1e6,1e7]'], str(tmp_path / 'nan'),
+                    vmap='on')
