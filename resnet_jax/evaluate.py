@@ -144,14 +144,6 @@ class ViewsMap(grain.transforms.Map):
     return {'image': np.ascontiguousarray(image), 'label': element['label']}
 
 
-def view_batches(split: data.Split, views_map: ViewsMap, *, global_batch_size: int,
-                 num_workers: int):
-  """data.eval_batches with `views_map` in place of the evaluation view: every example of
-  `split` exactly once, in [batch, V, size, size, C] batches padded with `mask == 0`."""
-  return data.eval_batches(split, global_batch_size=global_batch_size, num_workers=num_workers,
-                           view=views_map)
-
-
 # ---------------------------------------------------------------------------------------------
 # Averaged softmax: over views, then over members.
 
@@ -236,8 +228,8 @@ def evaluate_members(config, exp: train.Experiment, names: Sequence[str],
       functools.partial(ensemble_eval_step, model=exp.model, dtype=exp.model.dtype),
       ('state', 'batch', 'const'))
   members = exp.parallel.replicate(stack_members(variables_list, pre_list))
-  batches = view_batches(exp.eval_split, views_map, global_batch_size=config.batch_size,
-                         num_workers=d.num_workers)
+  batches = data.eval_batches(exp.eval_split, global_batch_size=config.batch_size,
+                              num_workers=d.num_workers, view=views_map)
   totals = exp.parallel.sum_batches(step, batches, members, exp.eval_key)
   n = float(totals['examples'])
   labels = [*names, 'ensemble']

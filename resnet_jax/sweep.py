@@ -201,6 +201,8 @@ def vmapped_training(exp: train.Experiment, base, settings: list[dict], *,
   hp = {f: jnp.asarray([s[f] for s in settings]) for f in fields}
   base_state = jax.device_get(exp.parallel.unreplicate(exp.state))
   plain = base.to_dict()
+  # Frozen and multiplied parameters come from strings no vmapped field can change: once for all.
+  groups = train.build_param_groups(base)
 
   def candidate_config(values):
     cfg = ml_collections.ConfigDict(plain, type_safe=False)
@@ -210,7 +212,7 @@ def vmapped_training(exp: train.Experiment, base, settings: list[dict], *,
 
   def init_one(values):
     cfg = candidate_config(values)
-    tx = train.build_optimizer(cfg, exp.steps_per_epoch)
+    tx = train.build_optimizer(cfg, exp.steps_per_epoch, groups)
     root = jax.random.PRNGKey(cfg.seed)
     state = steps.create_train_state(exp.model, tx, jax.random.fold_in(root, train.INIT),
                                      exp.image_shape, ema=base.ema_decay > 0)
@@ -218,9 +220,9 @@ def vmapped_training(exp: train.Experiment, base, settings: list[dict], *,
 
   def step_one(state, values, batch, key, pre):
     cfg = candidate_config(values)
-    tx = train.build_optimizer(cfg, exp.steps_per_epoch)
+    tx = train.build_optimizer(cfg, exp.steps_per_epoch, groups)
     new, metrics = steps.train_step(state.replace(tx=tx), batch, key, pre,
-                                    **train.train_step_options(cfg, exp.model))
+                                    **train.train_step_options(cfg, exp.model, groups))
     return new.replace(tx=base_state.tx), metrics
 
   def eval_one(state, batch, key, pre):
@@ -266,9 +268,6 @@ def train_members(config, exp: train.Experiment, names: list[str], states, p_ste
       member_scores = None if scores is None else {'accuracy': scores['accuracy'][k]}
       checkpointer.save(step, jax.tree.map(lambda x, k=k: x[k], host), loader, member_scores)
 
-  periods = train.Periods(config.log_every_steps,
-                          max(1, int(round(config.eval_every_epochs * exp.steps_per_epoch))),
-                          config.checkpoint_every_steps)
   writer = metrics.MetricWriter(workdir)
   logging.info('Training %d members of %s together: %d steps of %d.', len(names),
                config.model.name, exp.total_steps, config.batch_size)
@@ -276,7 +275,7 @@ def train_members(config, exp: train.Experiment, names: list[str], states, p_ste
     states, step, last_eval, last_train = train.loop(
         states, parallel=parallel, start=start, end=exp.total_steps,
         total_steps=exp.total_steps, steps_per_epoch=exp.steps_per_epoch,
-        num_epochs=config.num_epochs, batch_size=config.batch_size, periods=periods,
+        num_epochs=config.num_epochs, batch_size=config.batch_size, periods=exp.periods,
         max_steps_per_call=1, chunked=False,
         advance=lambda s, step, n: p_step(s, hp, parallel.shard_batch(next_batch()), keys,
                                           exp.pre_arrays),

@@ -1,11 +1,10 @@
 """Setup and THE training loop.
 
-`setup` reads the config once and builds what a run needs: the model, the optimizer and its
-schedule, the data, the mapped steps and the initial state (an `Experiment`). `loop` runs
-updates until a step, with logging, evaluation, checkpoints, the non-finite check and the
-preemption notice; `train_and_evaluate` (one run), `sweep` (vmapped trials) and seed ensembles
-all train through it. Nothing below this module reads a config: each part takes its values.
-"""
+`setup` reads the config once and builds what a run needs (an `Experiment`): the model, the
+optimizer and its schedule, the data, the mapped steps and the initial state. `loop` runs updates
+with logging, evaluation, checkpoints, the non-finite check and the preemption notice; one run
+(`train_and_evaluate`), vmapped trials and seed ensembles (`sweep`) all train through it.
+Nothing below this module reads a whole config: each part takes its own values or section."""
 from __future__ import annotations
 
 import dataclasses
@@ -84,25 +83,25 @@ def build_param_groups(config) -> tuple[list[str], Callable[[str], float] | None
 
 def build_schedule(config, steps_per_epoch: int) -> optax.Schedule:
   return optim.learning_rate_schedule(config.schedule, batch_size=config.batch_size,
-                                      num_epochs=config.num_epochs,
-                                      steps_per_epoch=steps_per_epoch)
+                                      num_epochs=config.num_epochs, steps_per_epoch=steps_per_epoch)
 
 
-def build_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
-  """config.optimizer with config.schedule's learning rate and the parameter groups."""
-  _, factor = build_param_groups(config)
+def build_optimizer(config, steps_per_epoch: int, groups=None) -> optax.GradientTransformation:
+  """config.optimizer with config.schedule's rate and `groups` (build_param_groups)."""
+  _, factor = build_param_groups(config) if groups is None else groups
   return optim.create_optimizer(config.optimizer, build_schedule(config, steps_per_epoch), factor)
 
 
-def train_step_options(config, model) -> dict:
+def train_step_options(config, model, groups=None) -> dict:
   """The keyword arguments of `steps.train_step` that come from the config (and the model)."""
+  groups = build_param_groups(config) if groups is None else groups
   return dict(label_smoothing=config.label_smoothing, skip_nonfinite=config.skip_nonfinite,
               aux_weight=getattr(model, 'AUX_WEIGHT', 0.0),
               grad_accum_steps=config.grad_accum_steps, ema_decay=config.ema_decay,
               loss_weight_decay=optim.loss_weight_decay(config.optimizer),
               mixup_alpha=config.mixup_alpha, cutmix_alpha=config.cutmix_alpha,
               mix_prob=config.mix_prob, mix_switch_prob=config.mix_switch_prob,
-              frozen_modules=optim.frozen_modules(*build_param_groups(config)),
+              frozen_modules=optim.frozen_modules(*groups),
               dtype=model.dtype)
 
 
@@ -113,6 +112,14 @@ def train_loader(config, split: data.Split, preprocessing: data.Preprocessing):
                                 augment=d.augment, image_size=d.image_size,
                                 num_workers=d.num_workers, dataset_config=d,
                                 preprocessing=preprocessing)
+
+
+@dataclasses.dataclass(frozen=True)
+class Periods:
+  """Steps between logs, evaluations and checkpoints (calls of several steps stop at each)."""
+  log: int
+  eval: int
+  checkpoint: int
 
 
 @dataclasses.dataclass
@@ -126,6 +133,7 @@ class Experiment:
   image_shape: tuple[int, int, int]
   steps_per_epoch: int
   total_steps: int
+  periods: Periods
   schedule: optax.Schedule
   train_step_fn: Callable  # The per-device step, options bound; p_train_step maps it.
   p_train_step: Callable
@@ -156,7 +164,8 @@ def setup(config, *, train: bool = True, workdir: str | None = None) -> Experime
   steps_per_epoch = max(1, (len(train_split) if train else config.batch_size) // config.batch_size)
   total_steps = optim.total_steps(config.num_epochs, steps_per_epoch)
   model = build_model(config, eval_split.num_classes)
-  tx = build_optimizer(config, steps_per_epoch)
+  groups = build_param_groups(config)  # An abstract init of the model: once per run.
+  tx = build_optimizer(config, steps_per_epoch, groups)
   channels = eval_split.records[0]['image'].shape[-1]
   image_shape = (d.image_size, d.image_size, channels)
   if len(d.mean) not in (1, channels):
@@ -181,13 +190,15 @@ def setup(config, *, train: bool = True, workdir: str | None = None) -> Experime
   pre_arrays = jax.tree.map(np.asarray, preprocessing.arrays())
   if parallel.mode == 'shard_map':  # Placed once; pmap broadcasts a 'const' on every call.
     pre_arrays = parallel.replicate(pre_arrays)
-  step_fn = functools.partial(steps.train_step, **train_step_options(config, model))
+  step_fn = functools.partial(steps.train_step, **train_step_options(config, model, groups))
   p_train = parallel.map(step_fn, ('state', 'batch', 'const', 'const'), donate_state=True)
   eval_fn = functools.partial(steps.eval_step, ema=config.ema_decay > 0, dtype=model.dtype)
   p_eval = parallel.map(eval_fn, ('state', 'batch', 'const', 'const'))
+  every_eval = max(1, round(config.eval_every_epochs * steps_per_epoch))
+  periods = Periods(config.log_every_steps, every_eval, config.checkpoint_every_steps)
   return Experiment(parallel, model, train_split, eval_split, d.eval_split, image_shape,
-                    steps_per_epoch, total_steps, build_schedule(config, steps_per_epoch), step_fn,
-                    p_train, p_eval, eval_batches, state, jax.random.fold_in(root, EVAL),
+                    steps_per_epoch, total_steps, periods, build_schedule(config, steps_per_epoch),
+                    step_fn, p_train, p_eval, eval_batches, state, jax.random.fold_in(root, EVAL),
                     preprocessing, pre_arrays)
 
 
@@ -203,14 +214,6 @@ def evaluate(exp: Experiment, state=None, p_eval: Callable | None = None) -> dic
 
 # ---------------------------------------------------------------------------------------------
 # The loop.
-
-
-@dataclasses.dataclass(frozen=True)
-class Periods:
-  """Steps between logs, evaluations and checkpoints (calls of several steps stop at each)."""
-  log: int
-  eval: int
-  checkpoint: int
 
 
 def check_finite(step_metrics: list[tuple[int, dict]], skip_nonfinite: bool) -> None:
@@ -321,20 +324,18 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None)
   `results.json`. On SIGTERM, or at `stop_at_step`, it saves a checkpoint and returns early
   (`{'step': ..., 'preempted': True}`); the next call resumes exactly there.
 
-  With the split on the devices (`config.dataset.on_device`), one call runs several steps (up to
-  the next log, eval or checkpoint step; a SIGTERM is noticed at the end of a call), and the
-  checkpoints hold no data iterator: the data order is a function of (seed, step).
+  With the split on the devices (`config.dataset.on_device`), one call runs several steps (to the
+  next log, eval or checkpoint step; a SIGTERM is noticed at the end of a call); the checkpoints
+  then hold no data iterator: the data order is a function of (seed, step).
   """
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # Local or a bucket (gs://...).
   exp = setup(config, workdir=workdir)
   d, parallel = config.dataset, exp.parallel
-  periods = Periods(config.log_every_steps,
-                    max(1, int(round(config.eval_every_epochs * exp.steps_per_epoch))),
-                    config.checkpoint_every_steps)
+  periods = exp.periods
   use_device, why = on_device.choose(d, exp.train_split, parallel.local_devices)
   train_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), TRAIN)
   if use_device:
-    max_steps = on_device.resolve_steps_per_call(
+    batches, max_steps = None, on_device.resolve_steps_per_call(
         config.steps_per_call, (periods.log, periods.checkpoint, periods.eval), parallel.platform)
     augment = on_device.DeviceAugment(d.augment, data.augment.AugmentOptions.from_config(d),
                                       exp.preprocessing.lighting,
@@ -344,7 +345,6 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None)
                                 jax.random.fold_in(jax.random.PRNGKey(config.seed), DATA),
                                 batch_size=config.batch_size,
                                 steps_per_epoch=exp.steps_per_epoch, max_steps=max_steps)
-    batches = None
 
     def advance(state, step, n):
       return feed.train(state, n, train_key, exp.pre_arrays)

@@ -30,7 +30,8 @@ weight gradient; with `--vs-torch` torch's as well, alternating), and what one t
 spends in them: on XLA:CPU the convolutions run on the thread pool outside the trace that
 `--profile` reads.
 
-`--zoo` prints forward FLOPs at batch 1 and the registered input size for the zoo table of docs/models.md.
+`--zoo` prints forward FLOPs at batch 1 and the registered input size for the zoo table of
+docs/models.md.
 """
 from __future__ import annotations
 
