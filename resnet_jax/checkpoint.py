@@ -57,6 +57,8 @@ class Checkpointer:
             policies.BestN(get_metric_fn=lambda m: m['accuracy'], n=1,
                            keep_checkpoints_without_metrics=False),
         ]),
+        # Without best_fn orbax keeps no checkpoint's metrics, and BestN then has none to rank.
+        best_fn=lambda m: m['accuracy'], best_mode='max',
         cleanup_tmp_directories=True,  # Leftovers of a save cut short by a kill.
         create=True)
     self.manager = ocp.CheckpointManager(
@@ -151,6 +153,12 @@ class Checkpointer:
       self.manager.wait_until_finished()
 
   def close(self) -> None:
+    # Orbax cleans up temporary directories on a thread started with the manager, which its
+    # close() does not wait for: after an early error the interpreter would shut down under it,
+    # and its RuntimeError would be the last line the user sees instead of the error.
+    cleanup = getattr(self.manager, '_cleanup_tmp_directory_future', None)
+    if cleanup is not None:
+      cleanup.result()
     self.manager.close()
 
   @contextlib.contextmanager
