@@ -1,11 +1,13 @@
 """Evaluation modes (center crop, 10-crop, multi-scale) and ensembles (softmax averages).
 
-  python -m resnet_jax.evaluate --config=experiments/configs/NAME.py --workdirs=A,B,C \\
-      [--eval_mode=center|ten_crop|multi_scale] [--scales=224,256,288] \\
-      [--scale_crop=center|ten_crop] [--ema] [--out=DIR] [--config.a.b=V ...]
+  python -m resnet_jax.evaluate --workdirs=A,B,C [--eval_mode=center|ten_crop|multi_scale] \\
+      [--scales=224,256,288] [--scale_crop=center|ten_crop] [--ema] [--out=DIR] \\
+      [--config.dataset.eval_split=S ...]
 
 prints one row per checkpoint and one for their ensemble (accuracy, loss) on
-`config.dataset.eval_split`, and with --out writes DIR/evaluate.csv.
+`config.dataset.eval_split`, writes each member's row to its workdir (eval_SPLIT[_MODE].json),
+and with --out writes DIR/evaluate.csv. The config is the one the first workdir was trained
+with (config.json; the members must share its model); only evaluation fields may be set on top.
 
 Views are cut on the host, in NumPy, per example, in a Grain map, with the resize and crop
 functions of the data pipeline (data/augment.py): so the center view is the evaluation
@@ -33,10 +35,10 @@ import numpy as np
 from absl import app, flags, logging
 from etils import epath
 from jax import lax
-from ml_collections import config_flags
 
-from resnet_jax import configs, data, metrics, train, xla_flags
+from resnet_jax import data, metrics, records, train, xla_flags
 from resnet_jax.checkpoint import Checkpointer
+from resnet_jax.configs import command_line
 from resnet_jax.data import augment as augment_lib
 from resnet_jax.parallel import AXIS
 
@@ -240,11 +242,11 @@ def evaluate_members(config, exp: train.Experiment, names: Sequence[str],
 
 def evaluate_checkpoint(config, workdir: str) -> dict:
   """`--mode=eval`: the latest checkpoint of `workdir` on `config.dataset.eval_split`; writes
-  WORKDIR/results.json."""
+  WORKDIR/eval_SPLIT.json (results.json stays the training run's own result)."""
   exp = train.setup(config, train=False, workdir=workdir)
   state, step = restore_latest(config, workdir, exp.parallel.unreplicate(exp.state))
   results = {**train.evaluate(exp, exp.parallel.replicate(state)), 'step': step}
-  metrics.write_results(workdir, results)
+  records.write_json(workdir, records.eval_results_file(results['split']), results)
   logging.info('Eval of step %d on %s: accuracy %.4f loss %.4f (%d examples)%s', step,
                results['split'], results['accuracy'], results['loss'], results['examples'],
                metrics.describe_ema(results))
@@ -316,9 +318,9 @@ def write_csv(path: str, rows: Sequence[dict]) -> None:
 
 def define_flags() -> None:
   """The command line's flags (only when run as a program: resnet_jax.main defines --config)."""
-  config_flags.DEFINE_config_file(
-      'config', configs.DEFAULT,
-      'The config the checkpoints were trained with; --config.a.b=V overrides fields.')
+  command_line.define_config_flag(
+      "Optional: the first workdir's config.json is used; a config given must match it outside "
+      f'the evaluation fields ({", ".join(records.EVAL_FIELDS)}).')
   flags.DEFINE_list('workdirs', [], 'Workdirs of finished runs, comma-separated: the members.')
   flags.DEFINE_enum('eval_mode', 'center', list(EVAL_MODES), 'The views scored (see eval_views).')
   flags.DEFINE_list('scales', [], 'multi_scale: shorter sides, e.g. 224,256,288 (default '
@@ -339,9 +341,16 @@ def main(argv) -> None:
     scales = [int(s) for s in f.scales]
   except ValueError:
     raise app.UsageError(f'--scales {f.scales}: give integers, e.g. 224,256,288') from None
-  rows = evaluate_checkpoints(f.config, f.workdirs, f.eval_mode, scales=scales,
+  config = command_line.eval_config(f.workdirs[0])
+  stored = [w for w in f.workdirs if records.has_config(w)]
+  records.check_same_model(stored)
+  rows = evaluate_checkpoints(config, f.workdirs, f.eval_mode, scales=scales,
                               scale_crop=f.scale_crop, ema=f.ema)
   print(markdown_table(rows))
+  name = records.eval_results_file(config.dataset.eval_split,
+                                   f'{f.eval_mode}_ema' if f.ema else f.eval_mode)
+  for workdir, row in zip(f.workdirs, rows):
+    records.write_json(workdir, name, {**row, 'split': config.dataset.eval_split})
   if f.out:
     os.makedirs(f.out, exist_ok=True)
     write_csv(os.path.join(f.out, 'evaluate.csv'), rows)
@@ -350,4 +359,4 @@ def main(argv) -> None:
 if __name__ == '__main__':
   define_flags()
   flags.FLAGS.alsologtostderr = True
-  app.run(main)
+  app.run(main, flags_parser=command_line.parse_flags)

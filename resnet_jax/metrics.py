@@ -1,15 +1,23 @@
-"""What a run reports: TensorBoard events and metrics.jsonl (`MetricWriter`), the progress line
-with its ETA, and the results files; all written by process 0 only.
+"""What a run reports: TensorBoard events and metrics.jsonl (`MetricWriter`: scalars, the config as
+text and HParams, the `parameter_overview` table), the progress line with its ETA, and the results
+files; all written by process 0 only.
 """
 from __future__ import annotations
 
 import json
+import logging as std_logging
 import os
 import sys
+import time
 
 import jax
 import numpy as np
+from absl import flags, logging
 from etils import epath
+from flax import traverse_util
+
+# The scalars TensorBoard's HParams tab sets beside each run's config (train.py writes them).
+HPARAM_METRICS = ('eval/accuracy', 'eval/loss', 'train/loss')
 
 
 def describe_ema(results: dict) -> str:
@@ -56,11 +64,79 @@ class MetricWriter:
       self.lines.write(json.dumps({'step': step, **scalars}) + '\n')
       self.lines.flush()
 
+  def write_text(self, tag: str, text: str) -> None:
+    """`text` shown verbatim: TensorBoard renders text as Markdown, which would reflow a table."""
+    if self.writer:
+      self.writer.add_text(tag, f'```\n{text}\n```', 0)
+      self.writer.flush()
+
+  def write_config(self, config) -> None:
+    """The config (a ConfigDict or a dict) as JSON text (tag 'config') and as HParams, its
+    fields dotted ('optimizer.momentum'), so TensorBoard's HParams tab compares runs by them."""
+    if not self.writer:
+      return
+    values = config.to_dict() if hasattr(config, 'to_dict') else dict(config)
+    self.write_text('config', json.dumps(values, indent=2, sort_keys=True, default=str))
+    from tensorboardX.summary import hparams  # Imported after SummaryWriter: torch stays out.
+    fields = {name: _hparam_value(v)
+              for name, v in traverse_util.flatten_dict(values, sep='.').items()}
+    experiment, session_start, _ = hparams(fields, dict.fromkeys(HPARAM_METRICS))
+    # Into this run's own event file: add_hparams would open a sub-run apart from the scalars.
+    # No session end: the run has not ended; TensorBoard shows it as unknown meanwhile.
+    self.writer.file_writer.add_summary(experiment)
+    self.writer.file_writer.add_summary(session_start)
+    self.writer.flush()
+
   def close(self) -> None:
     if self.writer:
       self.writer.close()
     if self.lines:
       self.lines.close()
+
+
+def _hparam_value(value):
+  """An HParam is a bool, a number or a string: tuples, lists and None as their text."""
+  if isinstance(value, np.generic):
+    value = value.item()
+  if isinstance(value, (bool, int, float, str)):
+    return value
+  return str(value)
+
+
+def parameter_overview(params, flops_per_image: float | None = None) -> str:
+  """A plain-text table of `params` (arrays or jax.ShapeDtypeStruct): one row per top-level
+  module (its parameter count, its leaves' shapes), the total (with MB at float32), and, when
+  given, the forward FLOPs per image. The `params` collection only: batch_stats are not trained."""
+  rows = []
+  for module, subtree in params.items():
+    leaves = traverse_util.flatten_dict(subtree, sep='/') if hasattr(subtree, 'items') else {
+        '': subtree}
+    count = sum(int(np.prod(leaf.shape)) for leaf in leaves.values())
+    rows.append((str(module), f'{count:,}', _shapes(leaves)))
+  total = sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(params))
+  rows.append(('total', f'{total:,}', f'{total * 4 / 1e6:.2f} MB at float32'))
+  names = max(len(r[0]) for r in rows)
+  counts = max(len(r[1]) for r in rows)
+  lines = [f'{"module":<{names}}  {"params":>{counts}}  shapes']
+  lines += [f'{name:<{names}}  {count:>{counts}}  {shapes}' for name, count, shapes in rows]
+  if flops_per_image is not None:
+    gflops = flops_per_image / 1e9
+    # Two significant digits for small nets (LeNet-5: 0.00085), where '0.00' would say nothing.
+    shown = f'{gflops:.2f}' if gflops >= 0.01 else f'{gflops:.2g}'
+    lines.append(f'forward FLOPs per image: {shown} GFLOPs (XLA cost analysis)')
+  return '\n'.join(lines)
+
+
+def _shapes(leaves: dict, width: int = 64) -> str:
+  """'kernel (5, 5, 1, 6), bias (6,)', largest first (a cut row keeps the weights that count),
+  cut to about `width` characters with ', ...'."""
+  text = ''
+  for path, leaf in sorted(leaves.items(), key=lambda item: -int(np.prod(item[1].shape))):
+    part = f'{path} {tuple(leaf.shape)}'.strip()
+    if text and len(text) + len(part) > width:
+      return text + ', ...'
+    text = f'{text}, {part}' if text else part
+  return text
 
 
 def read_metrics(workdir: str) -> dict[int, dict[str, float]]:
@@ -81,6 +157,98 @@ def write_results(workdir: str, results: dict) -> None:
 def format_eta(seconds: float) -> str:
   seconds = int(max(0, seconds))
   return f'{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'
+
+
+class QuietLibraries(std_logging.Filter):
+  """Keeps orbax's per-save INFO chatter out of the progress log (its warnings still show, but
+  for the one on every save between evaluations: only evaluations carry a metric to rank)."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    if '/orbax/' not in record.pathname:
+      return True
+    return (record.levelno >= std_logging.WARNING
+            and 'did not provide metrics' not in record.getMessage())
+
+
+def use_info_logging() -> None:
+  """INFO logs (the progress lines) for a run started from Python, as the entry points' absl app
+  gives them. Outside an absl app (flags not parsed) it marks the flags parsed with their
+  defaults (Grain reads its options from them) and, unless the user set up logging handlers of
+  their own, logs INFO through absl's handler on process 0."""
+  if flags.FLAGS.is_parsed():  # In an absl app, or set up by its caller: theirs to decide.
+    return
+  flags.FLAGS.mark_as_parsed()
+  root = std_logging.getLogger()
+  # absl logs before flag parsing through logging.basicConfig()'s stderr handler: not a user's.
+  defaults = [h for h in root.handlers if type(h) is std_logging.StreamHandler
+              and h.stream is sys.stderr and h.formatter
+              and h.formatter._fmt == std_logging.BASIC_FORMAT]
+  if len(defaults) != len(root.handlers) or jax.process_index() != 0:
+    return
+  for handler in defaults:
+    root.removeHandler(handler)
+  logging.use_absl_handler()
+  logging.get_absl_handler().addFilter(QuietLibraries())
+  logging.set_verbosity(logging.INFO)
+
+
+class Progress:
+  """The progress line (epoch, step, loss, accuracy, lr, images/s, ETA). The first call of the
+  step compiles it: it is timed and logged apart, and the speed and the ETA count from its end;
+  the clock restarts after each evaluation."""
+
+  def __init__(self, *, start: int, total_steps: int, batch_size: int, steps_per_epoch: int,
+               num_epochs: float):
+    self.total_steps, self.batch_size = total_steps, batch_size
+    self.steps_per_epoch, self.num_epochs = steps_per_epoch, num_epochs
+    self.per_step = None  # Seconds per step, once known.
+    self.restart(start)
+    if start < total_steps:
+      logging.info('compiling the train step ...')
+
+  def restart(self, step: int) -> None:
+    self.clock, self.since = time.perf_counter(), step
+
+  def compiled(self, state, step: int) -> None:
+    """After the first call, which ran the steps up to `step`: waits for it, logs its time."""
+    jax.block_until_ready(state)
+    seconds = time.perf_counter() - self.clock
+    logging.info('compiled the train step and ran it to step %d in %.1f s', step, seconds)
+    self.per_step = seconds / max(1, step - self.since)  # Until a step without compiling.
+    self.restart(step)
+
+  def log(self, step: int, mean: dict, lr: float, skipped: int) -> float:
+    """Logs the line for `step` with the interval's `mean` metrics; returns images/s."""
+    if step > self.since:
+      self.per_step = (time.perf_counter() - self.clock) / (step - self.since)
+    logging.info('epoch %.2f/%g step %d/%d loss %s accuracy %s lr %.4g %.0f img/s ETA %s%s',
+                 step / self.steps_per_epoch, self.num_epochs, step, self.total_steps,
+                 describe_values(mean['loss']), describe_values(mean['accuracy']), lr,
+                 self.batch_size / self.per_step,
+                 format_eta(self.per_step * (self.total_steps - step)),
+                 f' skipped {skipped} non-finite steps' if skipped else '')
+    self.restart(step)
+    return self.batch_size / self.per_step
+
+
+def check_finite(step_metrics: list[tuple[int, dict]], skip_nonfinite: bool) -> None:
+  """Stops at the first step whose loss or gradient norm is NaN or Inf, naming both."""
+  if skip_nonfinite:
+    return
+  for step, values in step_metrics:
+    for name in ('loss', 'grad_norm'):
+      if not np.all(np.isfinite(values[name])):
+        raise FloatingPointError(
+            f'{name} is {values[name]} at step {step}; stopped before it reached a checkpoint '
+            '(the last good one is kept). Try a lower config.schedule.base_lr, or set '
+            'config.skip_nonfinite=true to drop such updates and count them.')
+
+
+def split_by_step(call_steps: range, values: dict, chunked: bool) -> list[tuple[int, dict]]:
+  """(step, metrics) for each step of one call: a step's values, or a chunk's stacked ones."""
+  if not chunked:
+    return [(call_steps[0], values)]
+  return [(s, jax.tree.map(lambda x, i=i: x[i], values)) for i, s in enumerate(call_steps)]
 
 
 def describe_values(values) -> str:

@@ -8,16 +8,19 @@ an evaluation step returns over batches.
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Callable, Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 AXIS = 'batch'  # The one mesh axis: the examples of the global batch.
 MODES = ('shard_map', 'pmap')
+PROGRESS_SECONDS = 30.0  # A long evaluation (ImageNet's 50,000 images) says how far it got.
 
 
 def cross_replica_mean(tree):
@@ -121,12 +124,19 @@ class DataParallel:
 
     `step` is a mapped evaluation step whose outputs are already summed over the devices (psum),
     called as step(args[0], shard_batch(batch), *args[1:]): the one place evaluation sums live.
+    A long evaluation logs how far it got every PROGRESS_SECONDS.
     """
     first, *rest = args
-    totals = None
+    totals, seen, started = None, 0, time.perf_counter()
+    last_report = started
     for batch in batches:
       sums = step(first, self.shard_batch(batch), *rest)
       totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+      seen += len(batch['mask'])
+      if time.perf_counter() - last_report > PROGRESS_SECONDS:
+        last_report = time.perf_counter()
+        logging.info('evaluating: %d examples (of this process) in %.0f s', seen,
+                     last_report - started)
     if totals is None:
       raise ValueError('no evaluation batch: the eval split is empty')
     return jax.device_get(self.unreplicate(totals))

@@ -39,10 +39,10 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 from etils import epath
-from ml_collections import config_flags
 
-from resnet_jax import configs, evaluate, metrics, steps, train, xla_flags
+from resnet_jax import evaluate, metrics, records, steps, train, xla_flags
 from resnet_jax.checkpoint import Checkpointer
+from resnet_jax.configs import command_line
 from resnet_jax.models import count_params
 
 VMAP_MAX_PARAMS = 5_000_000
@@ -121,8 +121,9 @@ def with_overrides(config, overrides: dict[str, Any]):
       for part in path:
         parent = parent[part]
       current = parent[leaf]
-    except (KeyError, AttributeError) as e:
-      raise ValueError(f'--sweep: the config has no field {field!r} ({e})') from None
+    except (KeyError, AttributeError):
+      raise ValueError(f'--sweep: {records.unknown_field_error(field, records.flatten(config))}'
+                       ) from None
     if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
       value = float(value)
     parent[leaf] = value
@@ -312,6 +313,12 @@ def run_vmapped(config, settings: list[dict], workdir: str) -> list[dict]:
   # One data stream for all: each member's checkpoint holds its position.
   checkpointers = [Checkpointer(os.path.join(workdir, name), keep=base.keep_checkpoints,
                                 fallback=base.restore_fallback) for name in names]
+  for name, overrides, checkpointer in zip(names, settings, checkpointers):
+    trial = with_overrides(base, overrides)  # Each trial's workdir records its own config.
+    trial_dir = os.path.join(workdir, name)
+    records.check_config_change(trial_dir, trial)
+    records.record_start(trial_dir, trial, step=checkpointer.latest_step() or 0, changes={},
+                         class_names=exp.eval_split.class_names)
   start = time.perf_counter()
   try:
     states, last_eval, last_train = train_members(
@@ -402,6 +409,14 @@ def run_sweep(config, specs: list[str], workdir: str, *, search: str = 'grid', t
   for overrides in settings:  # Every field must exist before anything trains.
     with_overrides(config, overrides)
   os.makedirs(workdir, exist_ok=True)
+  with records.WorkdirLock(workdir):  # One sweep per workdir; its trials lock their own.
+    rows = _run_candidates(config, settings, workdir, vmap)
+  table = write_table(workdir, rows)
+  print(table)
+  return rows
+
+
+def _run_candidates(config, settings: list[dict], workdir: str, vmap: str) -> list[dict]:
   rows = None
   if vmap != 'off' and len(settings) > 1:
     try:
@@ -413,16 +428,13 @@ def run_sweep(config, specs: list[str], workdir: str, *, search: str = 'grid', t
       logging.info('Candidates one after another: %s', e)
   if rows is None:
     rows = run_sequential(config, settings, workdir)
-  table = write_table(workdir, rows)
-  print(table)
   return rows
 
 
 def define_flags() -> None:
   """The command line's flags (defined only when run as a program: resnet_jax.main has its own
   --config and --workdir, and both modules may be imported in one process)."""
-  config_flags.DEFINE_config_file(
-      'config', configs.DEFAULT,
+  command_line.define_config_flag(
       'Base experiment config; --config.a.b=V overrides fields for every candidate.')
   flags.DEFINE_string('workdir', None, 'Directory for the sweep table and the trials.')
   flags.DEFINE_multi_string('sweep', [], 'FIELD=[v1,v2,...] or FIELD=loguniform(lo,hi)')
@@ -449,4 +461,4 @@ def main(argv) -> None:
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=command_line.parse_flags)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import time
 from typing import Any, Callable
 
 import jax
@@ -20,12 +19,12 @@ import optax
 from absl import logging
 from etils import epath
 
-from resnet_jax import data, metrics, optim, steps
+from resnet_jax import data, metrics, optim, records, steps
 from resnet_jax.checkpoint import Checkpointer, Preemption
 from resnet_jax.config import check_config
 from resnet_jax.convert import with_pretrained  # config.init_from
 from resnet_jax.data import on_device
-from resnet_jax.models import abstract_variables, create_model, model_spec
+from resnet_jax.models import abstract_variables, create_model, forward_flops, model_spec
 from resnet_jax.parallel import AXIS, DataParallel, per_process_batch_size
 
 # Keys of the root PRNG key (one seed): 0 initialisation, 1 training steps, 2 evaluation (the
@@ -216,26 +215,6 @@ def evaluate(exp: Experiment, state=None, p_eval: Callable | None = None) -> dic
 # The loop.
 
 
-def check_finite(step_metrics: list[tuple[int, dict]], skip_nonfinite: bool) -> None:
-  """Stops at the first step whose loss or gradient norm is NaN or Inf, naming both."""
-  if skip_nonfinite:
-    return
-  for step, values in step_metrics:
-    for name in ('loss', 'grad_norm'):
-      if not np.all(np.isfinite(values[name])):
-        raise FloatingPointError(
-            f'{name} is {values[name]} at step {step}; stopped before it reached a checkpoint '
-            '(the last good one is kept). Try a lower config.schedule.base_lr, or set '
-            'config.skip_nonfinite=true to drop such updates and count them.')
-
-
-def split_by_step(call_steps: range, values: dict, chunked: bool) -> list[tuple[int, dict]]:
-  """(step, metrics) for each step of one call: a step's values, or a chunk's stacked ones."""
-  if not chunked:
-    return [(call_steps[0], values)]
-  return [(s, jax.tree.map(lambda x, i=i: x[i], values)) for i, s in enumerate(call_steps)]
-
-
 def loop(state, *, parallel: DataParallel, start: int, end: int, total_steps: int,
          steps_per_epoch: int, num_epochs: float, batch_size: int, periods: Periods,
          max_steps_per_call: int, chunked: bool, advance: Callable, evaluate: Callable,
@@ -258,13 +237,16 @@ def loop(state, *, parallel: DataParallel, start: int, end: int, total_steps: in
   """
   preemption = Preemption()
   pending, window, last_eval, last_train, step = [], [], None, None, start
-  timer_start, timer_step = time.perf_counter(), start
+  progress = metrics.Progress(start=start, total_steps=total_steps, batch_size=batch_size,
+                              steps_per_epoch=steps_per_epoch, num_epochs=num_epochs)
   try:
     while step < end:
       boundary = min(end, *(step // every * every + every for every in
                             (periods.log, periods.checkpoint, periods.eval)))
       n = min(max_steps_per_call, boundary - step)
       state, values = advance(state, step, n)
+      if step == start:  # The first call compiles the step: time it apart, out of the ETA.
+        progress.compiled(state, step + n)
       pending.append((range(step + 1, step + n + 1), values))
       step += n
       preempted = preemption.reached(step)
@@ -276,26 +258,20 @@ def loop(state, *, parallel: DataParallel, start: int, end: int, total_steps: in
       # Fetch this interval's metrics (one host sync), and refuse to go on with a bad step.
       fetched = jax.device_get(parallel.unreplicate([v for _, v in pending]))
       step_metrics = [pair for (call_steps, _), v in zip(pending, fetched)
-                      for pair in split_by_step(call_steps, v, chunked)]
-      check_finite(step_metrics, skip_nonfinite)
+                      for pair in metrics.split_by_step(call_steps, v, chunked)]
+      metrics.check_finite(step_metrics, skip_nonfinite)
       window += [v for _, v in step_metrics]
       pending = []
       if log_now:
         mean = {k: np.mean([v[k] for v in window], axis=0)
                 for k in window[-1] if k != 'skipped_steps'}
         skipped = int(np.max(window[-1]['skipped_steps']))
-        per_step = (time.perf_counter() - timer_start) / (step - timer_step)
         lr = float(schedule(step - 1))
-        logging.info('epoch %.2f/%g step %d/%d loss %s accuracy %s lr %.4g %.0f img/s ETA %s%s',
-                     step / steps_per_epoch, num_epochs, step, total_steps,
-                     metrics.describe_values(mean['loss']),
-                     metrics.describe_values(mean['accuracy']), lr, batch_size / per_step,
-                     metrics.format_eta(per_step * (total_steps - step)),
-                     f' skipped {skipped} non-finite steps' if skipped else '')
+        speed = progress.log(step, mean, lr, skipped)
         writer.write(step, {**metrics.scalars({f'train/{k}': v for k, v in mean.items()}, names),
                             'train/learning_rate': lr, 'train/skipped_steps': skipped,
-                            'train/images_per_second': batch_size / per_step})
-        last_train, window, timer_start, timer_step = mean, [], time.perf_counter(), step
+                            'train/images_per_second': speed})
+        last_train, window = mean, []
       if eval_now:
         last_eval = {**evaluate(state), 'step': step}
         logging.info('eval %s at step %d: accuracy %s loss %s (%d examples)%s',
@@ -305,7 +281,7 @@ def loop(state, *, parallel: DataParallel, start: int, end: int, total_steps: in
         writer.write(step, metrics.scalars(
             {f'eval/{k}': last_eval[k] for k in ('accuracy', 'loss', 'ema_accuracy', 'ema_loss')
              if k in last_eval}, names))
-        timer_start, timer_step = time.perf_counter(), step
+        progress.restart(step)  # The evaluation's time is not the training's.
       if save_now:
         save(step, state, last_eval if eval_now else None)
       if preempted:
@@ -316,7 +292,8 @@ def loop(state, *, parallel: DataParallel, start: int, end: int, total_steps: in
   return state, step, last_eval, last_train
 
 
-def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
+def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None,
+                       allow_config_change=()) -> dict:
   """Trains `config` in `workdir`, resuming from its latest checkpoint if there is one.
 
   Evaluates on `config.dataset.eval_split` every `eval_every_epochs` and at the end, saves a
@@ -324,11 +301,20 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None)
   `results.json`. On SIGTERM, or at `stop_at_step`, it saves a checkpoint and returns early
   (`{'step': ..., 'preempted': True}`); the next call resumes exactly there.
 
-  With the split on the devices (`config.dataset.on_device`), one call runs several steps (to the
-  next log, eval or checkpoint step; a SIGTERM is noticed at the end of a call); the checkpoints
-  then hold no data iterator: the data order is a function of (seed, step).
+  The workdir records the run (records.py: config.json, run.json) and is locked while it trains.
+  A restart whose config differs from the stored one is refused, unless every changed field is
+  named in `allow_config_change`. With the split on the devices (`config.dataset.on_device`),
+  one call runs several steps (to the next log, eval or checkpoint step; a SIGTERM is noticed at
+  the end of a call); the checkpoints then hold no data iterator.
   """
+  metrics.use_info_logging()
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # Local or a bucket (gs://...).
+  with records.WorkdirLock(workdir):
+    changes = records.check_config_change(workdir, config, allow_config_change)
+    return _train_and_evaluate(config, workdir, stop_at_step, changes)
+
+
+def _train_and_evaluate(config, workdir: str, stop_at_step: int | None, changes: dict) -> dict:
   exp = setup(config, workdir=workdir)
   d, parallel = config.dataset, exp.parallel
   periods = exp.periods
@@ -354,38 +340,46 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None)
     def advance(state, step, n):
       return exp.p_train_step(state, parallel.shard_batch(next(batches)), train_key,
                               exp.pre_arrays)
-  checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints,
-                              fallback=config.restore_fallback)
-  state, start = exp.state, 0
-  if checkpointer.latest_step() is not None:
-    restored, start = checkpointer.restore(parallel.unreplicate(state), batches)
-    state = parallel.replicate(restored)
-    logging.info('Resumed from %s at step %d.', checkpointer.manager.directory, start)
-
   def save(step, state, scores):
     # Every evaluation is checkpointed with its accuracy, so the best one can be kept.
     checkpointer.save(step, parallel.unreplicate(state), batches,
                       metrics={'accuracy': scores['accuracy']} if scores else None)
 
   end = exp.total_steps if stop_at_step is None else min(stop_at_step, exp.total_steps)
-  logging.info('Training %s on %s: %d examples, %d steps of %d (%d per epoch) on %d devices (%s).',
-               config.model.name, exp.train_split.name, len(exp.train_split), exp.total_steps,
-               config.batch_size, exp.steps_per_epoch, jax.device_count(), config.parallelism)
   path = (f'on device, up to {max_steps} steps per call' if use_device
           else 'host pipeline (Grain), one step per call')
-  logging.info('Training data: %s, because %s.', path, why)
-  writer = metrics.MetricWriter(workdir)
-  try:
+  checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints,
+                              fallback=config.restore_fallback)
+  writer = None
+  try:  # Closed on every path: orbax's threads must not outlive an error.
+    state, start = exp.state, 0
+    if checkpointer.latest_step() is not None:
+      restored, start = checkpointer.restore(parallel.unreplicate(state), batches)
+      state = parallel.replicate(restored)
+      logging.info('Resumed from %s at step %d.', checkpointer.manager.directory, start)
+    records.record_start(workdir, config, step=start, changes=changes,
+                         class_names=exp.eval_split.class_names)
+    logging.info('Training %s on %s: %d examples, %d steps of %d (%d per epoch) on %d devices '
+                 '(%s). Data: %s, because %s.', config.model.name, exp.train_split.name,
+                 len(exp.train_split), exp.total_steps, config.batch_size, exp.steps_per_epoch,
+                 jax.device_count(), config.parallelism, path, why)
+    writer = metrics.MetricWriter(workdir)
+    writer.write_config(config)
+    overview = metrics.parameter_overview(  # The model as it is built, before any step.
+        abstract_variables(exp.model, exp.image_shape)['params'],
+        forward_flops(exp.model, exp.image_shape, compiled=False))
+    logging.info('Parameters of %s:\n%s', config.model.name, overview)
+    writer.write_text('parameters', overview)
     state, step, last_eval, _ = loop(
         state, parallel=parallel, start=start, end=end, total_steps=exp.total_steps,
         steps_per_epoch=exp.steps_per_epoch, num_epochs=config.num_epochs,
         batch_size=config.batch_size, periods=periods, max_steps_per_call=max_steps,
-        chunked=use_device,
-        advance=advance, evaluate=functools.partial(evaluate, exp), save=save, writer=writer,
-        schedule=exp.schedule, skip_nonfinite=config.skip_nonfinite)
+        chunked=use_device, advance=advance, evaluate=functools.partial(evaluate, exp),
+        save=save, writer=writer, schedule=exp.schedule, skip_nonfinite=config.skip_nonfinite)
     checkpointer.wait()
   finally:
-    writer.close()
+    if writer:
+      writer.close()
     checkpointer.close()
   exp.state = state
   if step < exp.total_steps:

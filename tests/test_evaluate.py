@@ -143,7 +143,7 @@ def test_ensemble_is_the_softmax_average(runs):
 
 def test_command_line_ensemble_of_one_checkpoint_twice_is_that_checkpoint(runs, tmp_path):
   done = subprocess.run(
-      [sys.executable, '-m', 'resnet_jax.evaluate', '--config=experiments/configs/default.py',
+      [sys.executable, '-m', 'resnet_jax.evaluate',  # The config: the one the run stored.
        f"--workdirs={runs['alone_dir']},{runs['alone_dir']}", '--eval_mode=center',
        f'--out={tmp_path}'], cwd=REPO, capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stderr[-2000:]
@@ -158,6 +158,8 @@ def test_command_line_ensemble_of_one_checkpoint_twice_is_that_checkpoint(runs, 
   assert float(single['accuracy']) == pytest.approx(results['accuracy'], abs=1e-9)
   assert float(single['loss']) == pytest.approx(results['loss'], rel=1e-4)
   assert single['examples'] == '360' and single['eval_mode'] == 'center'
+  with open(f"{runs['alone_dir']}/eval_test.json") as f:  # Each member's row, in its workdir.
+    assert json.load(f)['accuracy'] == pytest.approx(results['accuracy'], abs=1e-9)
 
 
 def test_ensembles_experiment_writes_its_table_and_plot(tmp_path, cifar_folder):

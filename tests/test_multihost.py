@@ -33,6 +33,12 @@ def test_two_hosts_train_like_one(tmp_path):
     assert p.returncode == 0, log[-3000:]
   assert '2 processes, 8 devices' in logs[0]
   assert 'Final test accuracy' in logs[0] and 'Final test accuracy' not in logs[1]  # Logs: p0.
+  # One workdir lock and one run record, by process 0: process 1, on the same host and workdir,
+  # would have been refused the lock had it tried; it followed process 0's decision instead.
+  with open(f'{two}/run.json') as f:
+    assert [(s['processes'], s['devices']) for s in json.load(f)['starts']] == [(2, 8)]
+  with open(f'{two}/lock') as f:
+    assert f.read() == ''  # Released at the end.
   done = run_main(f'--workdir={one}', *RUN, devices=8)
   assert done.returncode == 0, done.stderr[-3000:]
 

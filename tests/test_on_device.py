@@ -154,7 +154,7 @@ def test_same_seed_gives_the_same_parameters_across_a_stop_inside_a_call(tmp_pat
     checkpointer.restore(checkpoint.load_state_tree(workdir), host_batches)
   checkpointer.close()
   config.steps_per_call = 3
-  resumed = train.train_and_evaluate(config, workdir)
+  resumed = train.train_and_evaluate(config, workdir, allow_config_change=('steps_per_call',))
   assert resumed == straight
   a, b = checkpoint.load_state_tree(str(tmp_path / 'straight')), checkpoint.load_state_tree(workdir)
   assert int(a['step']) == int(b['step']) == 11

@@ -44,7 +44,8 @@ def test_bad_sweeps_name_the_problem():
     sweep.parse_spec('schedule.base_lr=loguniform(0,1)')
   with pytest.raises(ValueError, match='--search=random'):
     sweep.candidates([sweep.parse_spec('seed=randint(0,3)')], 'grid', 0, 0)
-  with pytest.raises(ValueError, match="no field 'schedule.base_rl'"):
+  with pytest.raises(ValueError, match=r"schedule.base_rl is not a field; did you mean "
+                                       r"config.schedule.base_lr"):
     sweep.with_overrides(small_config(), {'schedule.base_rl': 0.1})
 
 

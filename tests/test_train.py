@@ -149,7 +149,7 @@ def test_nan_never_reaches_a_checkpoint(tmp_path):
   good = checkpoint.load_state_tree(workdir)
   config.schedule.base_lr = 1e12  # Diverges at once.
   with pytest.raises(FloatingPointError, match='base_lr'):
-    train.train_and_evaluate(config, workdir)
+    train.train_and_evaluate(config, workdir, allow_config_change=('schedule.base_lr',))
   kept = checkpoint.load_state_tree(workdir)
   assert int(kept['step']) == 5
   jax.tree.map(np.testing.assert_array_equal, good, kept)
@@ -161,8 +161,22 @@ def test_checkpoints_keep_the_latest_and_the_best(tmp_path):
   train.train_and_evaluate(config, str(tmp_path))
   kept = sorted(int(s) for s in os.listdir(tmp_path / 'checkpoints') if s.isdigit())
   # 22 steps per epoch; evaluations at 22, 44, 66, 88 are checkpointed with their accuracy.
+  accuracy = {step: m['eval/accuracy'] for step, m in metrics.read_metrics(str(tmp_path)).items()
+              if 'eval/accuracy' in m}
+  assert sorted(accuracy) == [22, 44, 66, 88]
+  best = {step for step, a in accuracy.items() if a == max(accuracy.values())}
   assert kept[-2:] == [84, 88]
-  assert len(kept) <= 3
+  assert set(kept[:-2]) <= best and best & set(kept)  # The best kept beside the latest two.
+
+
+def test_the_best_checkpoint_outlives_newer_worse_ones(tmp_path):
+  state = {'w': np.zeros(3, np.float32)}
+  for run in (((1, 0.9), (2, 0.5)), ((3, None), (4, 0.4), (5, None))):  # Then a restart.
+    checkpointer = checkpoint.Checkpointer(str(tmp_path), keep=2)
+    for step, accuracy in run:
+      checkpointer.save(step, state, None, None if accuracy is None else {'accuracy': accuracy})
+    checkpointer.close()
+  assert sorted(int(s) for s in os.listdir(tmp_path / 'checkpoints')) == [1, 4, 5]
 
 
 def test_short_run_on_real_mnist_pngs_learns(mnist_folder, tmp_path):
@@ -208,10 +222,9 @@ def test_command_line_trains_then_evaluates_the_latest_checkpoint(tmp_path):
   with open(os.path.join(workdir, 'results.json')) as f:
     trained = json.load(f)
   assert trained['examples'] == 360 and trained['accuracy'] > 0.5
-  os.remove(os.path.join(workdir, 'results.json'))
-  evaluated = run_main(f'--workdir={workdir}', '--mode=eval')
+  evaluated = run_main(f'--workdir={workdir}', '--mode=eval')  # The stored config: no overrides.
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-  with open(os.path.join(workdir, 'results.json')) as f:
+  with open(os.path.join(workdir, 'eval_test.json')) as f:
     assert json.load(f) == pytest.approx(trained)
 
 

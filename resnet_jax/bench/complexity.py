@@ -2,17 +2,17 @@
 the zoo table (`--zoo`: input, classes, parameters, GFLOPs, torch twin, paper)."""
 from __future__ import annotations
 
-import functools
 import re
 
 import jax
-import jax.numpy as jnp
 
-from resnet_jax.models import abstract_variables, count_params, create_model, model_spec
+from resnet_jax import models
+from resnet_jax.models import count_params, create_model, model_spec
 
 
 def forward_flops(name: str, batch: int = 1) -> float:
-  """FLOPs of the compiled eval-mode forward pass, from XLA's cost analysis (no weights made).
+  """FLOPs of the compiled eval-mode forward pass of a registered model at its paper's input,
+  from XLA's cost analysis (`resnet_jax.models.forward_flops`; no weights made).
 
   Nets of hundreds of residual units (`deep_net`) take XLA:CPU many minutes to compile unrolled
   (and a scan's cost counts one unit): for them this is XLA's analysis of the lowered program,
@@ -21,14 +21,10 @@ def forward_flops(name: str, batch: int = 1) -> float:
   spec = model_spec(name)
   model = create_model(name, num_classes=spec['num_classes'])
   shape = (spec['input_size'], spec['input_size'], spec['in_channels'])
-  variables = abstract_variables(model, shape)
-  x = jax.ShapeDtypeStruct((batch, *shape), jnp.float32)
-  # Fractional max pooling nets draw their pooling regions from the `fmp` stream, at eval too.
-  apply = functools.partial(model.apply, train=False, rngs={'fmp': jax.random.key(0)})
-  lowered = jax.jit(apply).lower(variables, x)
-  cost = lowered.cost_analysis() if deep_net(name) else lowered.compile().cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost  # Older JAX: one per program.
-  return float(cost['flops'])
+  flops = models.forward_flops(model, shape, batch=batch, compiled=not deep_net(name))
+  if flops is None:
+    raise RuntimeError(f'XLA reports no FLOPs for {name} on {jax.default_backend()}')
+  return flops
 
 
 def deep_net(name: str) -> bool:

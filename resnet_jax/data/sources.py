@@ -27,6 +27,8 @@ class Split:
   records: Sequence[dict[str, Any]]
   num_classes: int
   name: str
+  # The name of each label, in label order (what a prediction prints); None when unknown.
+  class_names: tuple[str, ...] | None = None
 
   def __len__(self) -> int:
     return len(self.records)
@@ -162,7 +164,8 @@ def load_digits_split(split: str, val_fraction: float) -> Split:
   idx = parts[base_split]
   if carve:
     idx = idx[holdout_indices(len(idx), val_fraction, split)]
-  return Split(ArraySource(images[idx], labels[idx]), 10, f'digits/{split}')
+  return Split(ArraySource(images[idx], labels[idx]), 10, f'digits/{split}',
+               tuple(str(digit) for digit in range(10)))
 
 
 def _class_names(folder: str) -> list[str]:
@@ -225,7 +228,7 @@ def load_folder_split(root: str, split: str, val_fraction: float,
   source = FolderSource(paths, labels, mode)
   if carve:
     source = Subset(source, holdout_indices(len(source), val_fraction, split))
-  return Split(source, len(classes), f'{root}/{split}')
+  return Split(source, len(classes), f'{root}/{split}', tuple(classes))
 
 
 def load_tfds_split(name: str, split: str, data_dir: str | None, val_fraction: float) -> Split:
@@ -260,7 +263,9 @@ def load_tfds_split(name: str, split: str, data_dir: str | None, val_fraction: f
   source = TfdsSource(builder.as_data_source(split=base_split), image_key, label_key)
   if carve:
     source = Subset(source, holdout_indices(len(source), val_fraction, split))
-  return Split(source, features[label_key].num_classes, f'tfds:{name}/{split}')
+  names = getattr(features[label_key], 'names', None)  # A ClassLabel's; other features have none.
+  return Split(source, features[label_key].num_classes, f'tfds:{name}/{split}',
+               tuple(names) if names else None)
 
 
 def load_split(dataset_config, split: str) -> Split:

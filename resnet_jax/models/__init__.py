@@ -1,5 +1,5 @@
 """The model zoo: `create_model`, `list_models`, `model_spec`, `count_params`, and a model's
-`initial_variables` / `abstract_variables` (shapes only).
+`initial_variables` / `abstract_variables` (shapes only) and `forward_flops` (XLA's count).
 
 Importing a family module registers its variants.
 """
@@ -23,10 +23,11 @@ from resnet_jax.models.registry import (
     abstract_variables,
     count_params,
     create_model,
+    forward_flops,
     initial_variables,
     list_models,
     model_spec,
 )
 
-__all__ = ['abstract_variables', 'count_params', 'create_model', 'initial_variables', 'list_models',
-           'model_spec']
+__all__ = ['abstract_variables', 'count_params', 'create_model', 'forward_flops',
+           'initial_variables', 'list_models', 'model_spec']
