@@ -13,7 +13,6 @@ import time
 import jax
 import numpy as np
 from absl import flags, logging
-from etils import epath
 from flax import traverse_util
 
 # The scalars TensorBoard's HParams tab sets beside each run's config (train.py writes them).
@@ -147,11 +146,6 @@ def read_metrics(workdir: str) -> dict[int, dict[str, float]]:
       record = json.loads(line)
       steps.setdefault(record.pop('step'), {}).update(record)
   return dict(sorted(steps.items()))
-
-
-def write_results(workdir: str, results: dict) -> None:
-  if jax.process_index() == 0:
-    (epath.Path(workdir) / 'results.json').write_text(json.dumps(results, indent=2))
 
 
 def format_eta(seconds: float) -> str:

@@ -32,6 +32,7 @@ from jax.experimental import multihost_utils
 from resnet_jax import config as config_lib
 
 CONFIG_FILE, RUN_FILE, LOCK_FILE = 'config.json', 'run.json', 'lock'
+RESULTS_FILE = 'results.json'  # The training run's final evaluation.
 # What an evaluation of a stored run may set on top of its config: where and how much it reads,
 # never what was trained.
 EVAL_FIELDS = ('dataset.eval_split', 'batch_size', 'dataset.data_dir', 'dataset.num_workers',
@@ -78,6 +79,15 @@ def unknown_field_error(name: str, fields, what: str = 'config') -> str:
   return f'{what}.{name} is not a field{hint}{listing}'
 
 
+def parent_of(config, name: str) -> tuple[Any, str]:
+  """(the section holding dotted field `name`, its leaf name): config['a']['b'], 'c' for 'a.b.c'.
+  A missing section raises KeyError or AttributeError, as ConfigDict does."""
+  *parents, leaf = name.split('.')
+  for part in parents:
+    config = config[part]
+  return config, leaf
+
+
 def check_fields(names, config, what: str = 'config') -> None:
   """Raises ValueError for the first dotted name in `names` that is not a field of `config`."""
   fields = flatten(config)
@@ -108,10 +118,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     raise ValueError(f'{path} is not a config of this version of resnet_jax: {e}') from None
   with config.unlocked():
     for name, value in stored.items():
-      *parents, leaf = name.split('.')
-      section = config
-      for p in parents:
-        section = section[p]
+      section, leaf = parent_of(config, name)
       if isinstance(section[leaf], tuple) and isinstance(value, list):
         value = tuple(value)  # JSON has no tuples.
       section[leaf] = value
@@ -171,10 +178,7 @@ def eval_config(stored, given, overrides, *, config_given: bool):
     raise ValueError(f'--config.{others[0]}: an evaluation reads the config the run was trained '
                      f'with; only {", ".join(EVAL_FIELDS)} may be set on top of it')
   for name in overrides:
-    *parents, leaf = name.split('.')
-    into, source = stored, given
-    for p in parents:
-      into, source = into[p], source[p]
+    (into, leaf), (source, _) = parent_of(stored, name), parent_of(given, name)
     into[leaf] = source[leaf]
   return stored
 

@@ -115,11 +115,8 @@ def with_overrides(config, overrides: dict[str, Any]):
   """A copy of `config` with dotted fields set (a misspelt field is an error naming it)."""
   config = config.copy_and_resolve_references()
   for field, value in overrides.items():
-    parent = config
-    *path, leaf = field.split('.')
     try:
-      for part in path:
-        parent = parent[part]
+      parent, leaf = records.parent_of(config, field)
       current = parent[leaf]
     except (KeyError, AttributeError):
       raise ValueError(f'--sweep: {records.unknown_field_error(field, records.flatten(config))}'

@@ -386,7 +386,7 @@ def _train_and_evaluate(config, workdir: str, stop_at_step: int | None, changes:
     return {'step': step, 'preempted': True}
   if last_eval is None or last_eval['step'] != step:  # Resumed after the final step: evaluate.
     last_eval = {**evaluate(exp, state), 'step': step}
-  metrics.write_results(workdir, last_eval)
+  records.write_json(workdir, records.RESULTS_FILE, last_eval)  # Whole, or the old one.
   logging.info('Final %s accuracy %.4f (loss %.4f, %d examples, step %d)%s -> %s',
                last_eval['split'], last_eval['accuracy'], last_eval['loss'],
                last_eval['examples'], step, metrics.describe_ema(last_eval),
