@@ -40,8 +40,26 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.init = config_dict.placeholder(str)
   # 'batch' (Ioffe & Szegedy 2015; layers.BatchNorm) | 'flax_batch' (forward-mode AD) | 'none'
   c.model.norm = config_dict.placeholder(str)
-  # ResNets: each residual branch's last BN scale starts at 0 (Goyal et al. 2017, Sec. 5.1).
+  # ResNets: each residual branch's last BN scale starts at 0 (Goyal et al. 2017, Sec. 5.1; not
+  # He et al. 2015's, so off by default).
   c.model.zero_init_residual = config_dict.placeholder(bool)
+  # ResNets: False gives the plain twin (He et al. 2015, Sec. 4.1); shortcut 'A' (zero-padding),
+  # 'B' (projections where the shape changes) or 'C' (projections everywhere), Sec. 3.3.
+  c.model.residual = config_dict.placeholder(bool)
+  c.model.shortcut = config_dict.placeholder(str)
+  # The classifier's init: 'lecun' (flax's default, LeCun normal, zero bias) or 'torch' (torch's
+  # nn.Linear: weights and bias U(-1/sqrt(fan_in), 1/sqrt(fan_in))). ResNet, VGG.
+  c.model.head_init = config_dict.placeholder(str)
+  # BatchNorm's running-average momentum, flax convention (0.9 == torch's momentum=0.1), and eps.
+  c.model.bn_momentum = config_dict.placeholder(float)
+  c.model.bn_epsilon = config_dict.placeholder(float)
+  # GoogLeNet (and AlexNet): local response normalization where the paper has it (Szegedy et al.
+  # 2015, Table 1 / Fig. 3). GoogLeNet, Inception-v3: the auxiliary classifiers, trained with
+  # their loss weight (0.3, Szegedy et al. 2015, Sec. 5) and skipped at evaluation.
+  c.model.lrn = config_dict.placeholder(bool)
+  c.model.aux_logits = config_dict.placeholder(bool)
+  # LeNet-5: C3's sparse connection table (LeCun et al. 1998, Table I) instead of a full conv.
+  c.model.sparse_c3 = config_dict.placeholder(bool)
   c.model.dropout_rate = config_dict.placeholder(float)  # Srivastava et al. 2014; models with one.
   # LeNet-5's F6 + output, ResNet's head: per-example weight masks (Wan et al. 2013, Sec. 2-3).
   c.model.dropconnect_rate = config_dict.placeholder(float)
@@ -91,7 +109,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.optimizer.name = 'sgd'  # 'sgd' | 'adam' | 'adamw' | 'rmsprop' | 'lars' | 'lamb'
   c.optimizer.momentum = 0.9  # sgd, rmsprop (0: plain RMSprop), lars.
   c.optimizer.nesterov = False  # Sutskever et al. 2013.
-  c.optimizer.weight_decay = 1e-4  # Not on BatchNorm scales/offsets or biases.
+  c.optimizer.weight_decay = 1e-4
+  # False: no decay on BatchNorm scales/offsets and biases (Goyal et al. 2017; He et al. 2019,
+  # Sec. 3.1); True: on every parameter, as He et al. 2015 and torch.optim.SGD's weight_decay.
+  c.optimizer.decay_norm_and_bias = False
   # 'l2' (into the gradient) | 'loss' (0.5 wd ||w||^2 in the loss) | 'decoupled' (Loshchilov &
   # Hutter 2019); unset: 'decoupled' for adamw and lamb, 'l2' for the others.
   c.optimizer.decay_style = config_dict.placeholder(str)
@@ -169,3 +190,4 @@ def check_config(config) -> None:
   for field in ('mix_prob', 'mix_switch_prob'):
     if not 0 <= config[field] <= 1:
       raise ValueError(f'config.{field} must be in [0, 1], got {config[field]}')
+

@@ -14,7 +14,9 @@ so the decay styles differ only in where `weight_decay * w` enters (`decay_style
   Hutter 2019, Alg. 1-2: SGDW, AdamW). As in torch's AdamW and optax, the decay is multiplied by
   the scheduled rate lr_t, not by the schedule multiplier eta_t alone: the paper's lambda is our
   weight_decay times base_lr.
-BatchNorm scales/offsets and biases get no decay and no LARS/LAMB adaptation (`decay_mask`).
+BatchNorm scales/offsets and biases get no decay (`decay_mask`; Goyal et al. 2017, He et al. 2019)
+unless `optimizer.decay_norm_and_bias` (every parameter, as He et al. 2015 and torch's SGD), and
+never LARS/LAMB adaptation.
 
 Parameter groups (`config.freeze`, `optimizer.lr_multipliers`; `param_groups`): the chain above then
 runs only on the trained parameters and its final update is multiplied by each parameter's factor,
@@ -153,12 +155,13 @@ def _cosine_restarts(lr: float, period: int, mult: float, steps: int) -> optax.S
   return schedule
 
 
-def decay_mask(params):
+def decay_mask(params, norm_and_bias: bool = False):
   """True for the weights that get weight decay: kernels, not BN scales/offsets or biases.
 
-  Excluding them is the "no bias decay" of Goyal et al. 2017 / He et al. 2019 (Bag of Tricks, 3.1).
+  Excluding them is the "no bias decay" of Goyal et al. 2017 / He et al. 2019 (Bag of Tricks, 3.1);
+  `norm_and_bias=True` decays every parameter (He et al. 2015, torch.optim.SGD's weight_decay).
   """
-  return jax.tree.map(lambda p: p.ndim > 1, params)
+  return jax.tree.map(lambda p: norm_and_bias or p.ndim > 1, params)
 
 
 def decay_style(optimizer) -> str:
@@ -177,11 +180,11 @@ def loss_weight_decay(optimizer) -> float:
   return optimizer.weight_decay if decay_style(optimizer) == 'loss' else 0.0
 
 
-def weight_decay_loss(params, weight_decay: float) -> jax.Array:
+def weight_decay_loss(params, weight_decay: float, norm_and_bias: bool = False) -> jax.Array:
   """0.5 * weight_decay * ||w||^2 over the decayed weights (`decay_mask`): its gradient is
   weight_decay * w, the 'l2' style's term."""
-  leaves = [p for p, decayed in zip(jax.tree.leaves(params), jax.tree.leaves(decay_mask(params)))
-            if decayed]
+  mask = decay_mask(params, norm_and_bias)
+  leaves = [p for p, decayed in zip(jax.tree.leaves(params), jax.tree.leaves(mask)) if decayed]
   return 0.5 * weight_decay * sum(jnp.sum(jnp.square(p.astype(jnp.float32))) for p in leaves)
 
 
@@ -215,7 +218,8 @@ def create_optimizer(optimizer, learning_rate: optax.ScalarOrSchedule,
   # Both decay places and the clip are always in the chain (0 or identity when unused): their
   # states hold no arrays, and a fixed layout lets a run resume with another weight_decay or
   # clip_norm.
-  decay = lambda used: optax.add_decayed_weights(o.weight_decay if used else 0.0, mask=decay_mask)
+  mask = lambda params: decay_mask(params, o.decay_norm_and_bias)
+  decay = lambda used: optax.add_decayed_weights(o.weight_decay if used else 0.0, mask=mask)
   parts = [optax.clip_by_global_norm(o.clip_norm) if o.clip_norm > 0 else optax.identity(),
            decay(style == 'l2')]
   if name == 'sgd' and o.momentum:

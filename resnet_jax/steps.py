@@ -120,7 +120,8 @@ def soft_targets(labels: jax.Array, num_classes: int, label_smoothing: float = 0
 def train_step(state: TrainState, batch: dict, key: jax.Array, pre: dict | None = None, *,
                dtype, mean=None, std=None, label_smoothing: float = 0.0,
                skip_nonfinite: bool = False, aux_weight: float = 0.0, grad_accum_steps: int = 1,
-               ema_decay: float = 0.0, loss_weight_decay: float = 0.0, mixup_alpha: float = 0.0,
+               ema_decay: float = 0.0, loss_weight_decay: float = 0.0,
+               decay_norm_and_bias: bool = False, mixup_alpha: float = 0.0,
                cutmix_alpha: float = 0.0, mix_prob: float = 1.0, mix_switch_prob: float = 0.5,
                frozen_modules: frozenset[str] = frozenset()):
   """One optimizer update on this device's slice of the global batch (call it under
@@ -130,7 +131,9 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, pre: dict | None 
     argument of the step so a whitening matrix is not baked into the program; without it,
     (x - mean) / std with the static `mean` and `std`.
   - A model that returns (logits, *aux_logits) in training (GoogLeNet, Inception-v3 with
-    aux_logits=True) adds `aux_weight` times each auxiliary classifier's loss.
+    aux_logits=True) adds `aux_weight` times each auxiliary classifier's loss, computed against
+    the same (smoothed, mixed) targets. `loss` is then that sum; the metric `aux_loss` reports
+    the auxiliary losses' unweighted sum; accuracy counts the main logits only.
   - `mixup_alpha`, `cutmix_alpha`: the slice is mixed with a permutation of itself (mix_batch),
     the targets likewise; train accuracy counts the dominant label (lam >= 0.5: the example's own).
   - `grad_accum_steps` = k: the slice is split into k micro-batches, run one after another with
@@ -138,7 +141,8 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, pre: dict | None 
     batch with the activation memory of a k-th). BatchNorm normalises each micro-batch with its
     own statistics and updates its running averages k times, once per micro-batch.
   - `loss_weight_decay` > 0 (decay_style 'loss'): 0.5 * wd * ||w||^2 joins the loss; the metric
-    `decay_loss` reports it, `loss` stays the data loss.
+    `decay_loss` reports it, `loss` stays the data loss. The sum runs over the conv/dense kernels,
+    and also over BN scales/offsets and biases when `decay_norm_and_bias` (optim.decay_mask).
   - `ema_decay` > 0: after the update, ema = decay * ema + (1 - decay) * new, for the params and
     the BN statistics.
   - `frozen_modules` (optim.frozen_modules): their BatchNorm layers run on, and keep, their
@@ -166,13 +170,16 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, pre: dict | None 
           mutable=['batch_stats'], rngs=rngs)
     logits, *aux = outputs if isinstance(outputs, tuple) else (outputs,)
     targets = soft_targets(y, logits.shape[-1], label_smoothing, y_partner, lam)
-    loss = optax.softmax_cross_entropy(logits.astype(jnp.float32), targets).mean()
-    for extra in aux:
-      loss += aux_weight * optax.softmax_cross_entropy(extra.astype(jnp.float32), targets).mean()
+    cross_entropy = lambda z: optax.softmax_cross_entropy(z.astype(jnp.float32), targets).mean()
+    loss, metrics = cross_entropy(logits), {}
+    if aux:  # Szegedy et al. 2015, Sec. 5: the auxiliary losses join with a weight (0.3 there).
+      metrics['aux_loss'] = sum(cross_entropy(z) for z in aux)
+      loss = loss + aux_weight * metrics['aux_loss']
     dominant = y if y_partner is None else jnp.where(lam >= 0.5, y, y_partner)
-    metrics = {'loss': loss, 'accuracy': jnp.mean(jnp.argmax(logits, -1) == dominant)}
+    metrics.update(loss=loss, accuracy=jnp.mean(jnp.argmax(logits, -1) == dominant))
     if loss_weight_decay:
-      metrics['decay_loss'] = optim.weight_decay_loss(params, loss_weight_decay)
+      metrics['decay_loss'] = optim.weight_decay_loss(params, loss_weight_decay,
+                                                        decay_norm_and_bias)
       loss = loss + metrics['decay_loss']
     return loss, (updates.get('batch_stats', {}), metrics)
 

@@ -162,6 +162,35 @@ def test_lenet5_count_departs_from_the_papers_by_its_simplifications():
   assert count_params('lenet5') == model_spec('lenet5')['paper_params'] - 12 - 32 + 900 + 850
 
 
+def test_lenet5_sparse_c3_is_table_one():
+  """LeCun et al. 1998, Table I: C3's 16 maps read 60 of the 96 (S2 map, C3 map) pairs, so C3
+  has 60 x 25 + 16 = 1,516 parameters (Sec. II.B), and map j depends on its table's maps only."""
+  from resnet_jax.models.lenet import C3_TABLE, TableConv
+  assert sum(map(len, C3_TABLE)) == 60
+  assert count_params('lenet5', sparse_c3=True) == 61_706 - 2_416 + 1_516 == 60_806
+  model = create_model('lenet5', num_classes=10, sparse_c3=True)
+  c3 = initial_variables(model, _key(0), _image_shape('lenet5'))['params']['c3']
+  assert sum(v.size for v in tree_leaves(c3)) == 1_516
+  assert {k: v.shape for k, v in c3.items()} == {
+      'kernel_3': (5, 5, 3, 6), 'kernel_4': (5, 5, 4, 9), 'kernel_6': (5, 5, 6, 1), 'bias': (16,)}
+  # The same weights in a full 5x5x6x16 kernel, zero where Table I has no X: the same maps.
+  dense = np.zeros((5, 5, 6, 16), np.float32)
+  for n, maps in ((3, range(6)), (4, range(6, 15)), (6, [15])):
+    for column, j in enumerate(maps):
+      dense[:, :, list(C3_TABLE[j]), j] = c3[f'kernel_{n}'][:, :, :, column]
+  conv = TableConv(C3_TABLE)
+  s2 = jax.random.normal(_key(1), (2, 14, 14, 6))
+  want = jax.lax.conv_general_dilated(s2, dense, (1, 1), 'VALID',
+                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  np.testing.assert_allclose(conv.apply({'params': c3}, s2), want + c3['bias'], rtol=1e-5,
+                             atol=1e-5)
+  # Map j's gradient with respect to S2 map i is nonzero exactly where Table I has an X.
+  for j, inputs in enumerate(C3_TABLE):
+    grad = jax.grad(lambda x: conv.apply({'params': c3}, x)[..., j].sum())(s2)
+    touched = np.abs(np.asarray(grad)).sum(axis=(0, 1, 2)) > 0
+    assert touched.tolist() == [i in inputs for i in range(6)], j
+
+
 def test_count_params_is_instant_for_deepest():
   for name in ['cifar_resnet1202', 'preact_resnet1001']:
     start = time.perf_counter()
@@ -171,24 +200,35 @@ def test_count_params_is_instant_for_deepest():
 
 def test_zero_init_residual():
   shape = _image_shape('cifar_resnet20')
-  model = create_model('cifar_resnet20', num_classes=10)
+  model = create_model('cifar_resnet20', num_classes=10, zero_init_residual=True)
   scales = _bn_scales(initial_variables(model, _key(0), shape)['params'])
   last = {k for k in scales if k.endswith('/bn2')}
   assert len(last) == 9  # one per residual unit: 3 stages x 3
   for k, v in scales.items():
     assert bool(jnp.all(v == (0.0 if k in last else 1.0))), k
 
-  model = create_model('cifar_resnet20', num_classes=10, zero_init_residual=False)
+  # Off by default: He et al. 2015 starts every BN scale at 1.
+  model = create_model('cifar_resnet20', num_classes=10)
   scales = _bn_scales(initial_variables(model, _key(0), shape)['params'])
   assert all(bool(jnp.all(v == 1.0)) for v in scales.values())
 
-  plain = initial_variables(create_model('plain20', num_classes=10), _key(0), shape)['params']
+  plain = create_model('plain20', num_classes=10, zero_init_residual=True)
+  plain = initial_variables(plain, _key(0), shape)['params']
   assert all(bool(jnp.all(v == 1.0)) for v in _bn_scales(plain).values())
 
 
 def test_shortcut_and_stride_options():
   # Option B adds 1x1 projections + BN at the two stage transitions: 16*32 + 2*32 + 32*64 + 2*64.
   assert count_params('cifar_resnet20', shortcut='B') - count_params('cifar_resnet20') == 2752
+  # Option C projects in all 9 units: + 3 x (16*16 + 2*16) + 2 x (32*32 + 2*32) + 2 x (64*64 +
+  # 2*64) for the seven units that keep their shape.
+  extra = (count_params('cifar_resnet20', shortcut='C')
+           - count_params('cifar_resnet20', shortcut='B'))
+  assert extra == 3 * 288 + 2 * 1088 + 2 * 4224
+  # ImageNet ResNet-34, He et al. 2015, Table 3: C adds a projection to each of the 13 units that
+  # keep their shape (3 at 64, 3 at 128, 5 at 256, 2 at 512 channels; conv + BN each).
+  extra = sum(n * (c * c + 2 * c) for n, c in ((3, 64), (3, 128), (5, 256), (2, 512)))
+  assert count_params('resnet34', shortcut='C') - count_params('resnet34') == extra
   assert count_params('resnet50', stride_on_1x1=True) == count_params('resnet50')
   assert count_params('plain20') == count_params('cifar_resnet20')  # option A has no parameters
 
@@ -430,3 +470,52 @@ def test_hessian_products_through_training_mode_batch_norm():
   jax.jvp(loss('flax_batch'), (params,), (direction,))
   with pytest.raises(TypeError, match='forward-mode'):
     jax.jvp(loss('batch'), (params,), (direction,))
+
+
+def test_imagenet_plain_nets_are_the_resnets_without_shortcuts():
+  # He et al. 2015, Table 1 / Fig. 4: plain-18/34 are ResNet-18/34 without shortcuts, so without
+  # option B's three projections (1x1 conv + BN at 64->128, 128->256, 256->512).
+  projections = sum(a * b + 2 * b for a, b in ((64, 128), (128, 256), (256, 512)))
+  assert projections == 173_824
+  assert count_params('plain18') == count_params('resnet18') - projections == 11_515_688
+  assert count_params('plain34') == count_params('resnet34') - projections == 21_623_848
+  assert model_spec('plain34')['kwargs']['residual'] is False
+
+
+def test_torch_head_init_draws_as_torch_linear():
+  # torch.nn.Linear(64, 10): weights and bias U(-1/8, 1/8); flax's default: LeCun normal, zero bias.
+  shape = _image_shape('cifar_resnet20')
+  head = lambda **kw: initial_variables(create_model('cifar_resnet20', num_classes=10, **kw),
+                                        _key(0), shape)['params']['head']
+  torch_like, lecun = head(head_init='torch'), head()
+  for values in (torch_like['kernel'], torch_like['bias']):
+    assert float(jnp.abs(values).max()) <= 1 / 8
+  assert abs(float(jnp.std(torch_like['kernel'])) - 1 / 8 / np.sqrt(3)) < 0.008  # 640 draws
+  assert float(jnp.abs(torch_like['bias']).min()) > 0
+  assert float(jnp.abs(lecun['bias']).max()) == 0
+  assert abs(float(jnp.std(lecun['kernel'])) - 1 / 8) < 0.015  # variance 1/fan_in
+  with pytest.raises(ValueError, match="unknown head_init 'kaiming'; valid: lecun, torch"):
+    head(head_init='kaiming')
+
+
+def test_torch_batch_norm_keeps_torch_running_variance():
+  torch = pytest.importorskip('torch')
+  x = np.random.default_rng(0).normal(2.0, 3.0, (4, 5, 5, 3)).astype(np.float32)
+  reference = torch.nn.BatchNorm2d(3)  # momentum 0.1 == flax's 0.9
+  y_torch = reference.train()(torch.from_numpy(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+  for norm, unbiased in (('torch_batch', True), ('batch', False)):
+
+    class Net(nn.Module):
+      @nn.compact
+      def __call__(self, x):
+        return layers.make_norm(norm, train=True, name='bn')(x)
+
+    variables = Net().init(_key(0), x)
+    y, updated = Net().apply(variables, x, mutable=['batch_stats'])
+    stats = updated['batch_stats']['bn']
+    np.testing.assert_allclose(y, y_torch.detach().numpy(), atol=1e-5)  # Same normalisation.
+    np.testing.assert_allclose(stats['mean'], reference.running_mean.numpy(), rtol=1e-5)
+    biased = 0.9 + 0.1 * x.reshape(-1, 3).var(0)
+    np.testing.assert_allclose(stats['var'], reference.running_var.numpy() if unbiased else biased,
+                               rtol=1e-5)
+  assert not np.allclose(biased, reference.running_var.numpy(), rtol=1e-4)  # n/(n-1) = 100/99

@@ -54,8 +54,12 @@ def run_steps(config, parallel: DataParallel, batch: dict, count: int):
 @pytest.mark.parametrize('mode', ['shard_map', 'pmap'])
 @pytest.mark.parametrize('model', ['lenet5', 'cifar_resnet20'])
 def test_eight_devices_match_one_device_on_the_same_global_batch(mode, model):
-  # Sync BN makes BatchNorm see the global batch, as a single device does.
-  config = make_config(**{'model.name': model, 'model.sync_bn': model != 'lenet5'})
+  # Sync BN makes BatchNorm see the global batch, as a single device does. Zero-init (ResNet):
+  # the units start at the identity, where training is well conditioned, so reduction order
+  # stays at rounding level over two steps (from BN's plain init float32 rounding alone moves
+  # the second step's loss by ~1e-3: test_parity).
+  resnet = {'model.sync_bn': True, 'model.zero_init_residual': True} if model != 'lenet5' else {}
+  config = make_config(**{'model.name': model, **resnet})
   batch = digits_batch(32, 32 if model == 'lenet5' else 16)
   eight, m8 = run_steps(config, DataParallel(mode), batch, count=2)
   one, m1 = run_steps(config, DataParallel(mode, devices=jax.devices()[:1]), batch, count=2)

@@ -113,3 +113,28 @@ def test_inception_v3_aux_head_matches_torchvision_in_training():
       'inception_v3', twin, 299, train=True, batch=4, aux_logits=True, dropout_rate=0.0)
   _assert_close(logits, their_logits)
   _assert_close(aux, their_aux)
+
+
+def test_googlenet_lrn_is_caffes_after_pool1_and_conv3(monkeypatch):
+  """Szegedy et al. 2015, Fig. 3: LocalRespNorm after the first max pool (64 maps) and after
+  conv3 (192 maps, before the second pool), with the BVLC Caffe model's constants."""
+  from resnet_jax.models import googlenet
+  x = np.random.default_rng(3).standard_normal((2, 5, 5, 12)).astype(np.float32) * 30
+  # Caffe's LRN is torch's LocalResponseNorm: alpha on the mean of the squares, k = 1.
+  theirs = torch.nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0)(
+      torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy().transpose(0, 2, 3, 1)
+  np.testing.assert_allclose(googlenet.caffe_lrn(x), theirs, rtol=1e-5, atol=1e-6)
+
+  assert count_params('googlenet', lrn=True) == count_params('googlenet')  # no parameters
+  seen, caffe_lrn = [], googlenet.caffe_lrn
+  monkeypatch.setattr(googlenet, 'caffe_lrn', lambda x: seen.append(x.shape) or caffe_lrn(x))
+  # He init keeps the activations at the input's scale (BN is the identity at init), so at 30x
+  # the windows' sums of squares reach ~1 / alpha and the LRN is far from the identity.
+  plain = create_model('googlenet', num_classes=10, kernel_init='kaiming_in')
+  x = np.random.default_rng(4).standard_normal((2, 64, 64, 3)).astype(np.float32) * 30
+  variables = jax.jit(functools.partial(plain.init, train=False))(jax.random.key(0), x)
+  forward = lambda model: jax.jit(functools.partial(model.apply, train=False))(variables, x)
+  without, with_lrn = forward(plain), forward(plain.clone(lrn=True))
+  # 64 -> conv1 32 -> pool1 16 (64 maps) ... conv3 16 (192 maps) -> pool2 8.
+  assert seen == [(2, 16, 16, 64), (2, 16, 16, 192)]
+  assert np.abs(with_lrn - without).max() > 0.1 * np.abs(without).max()

@@ -5,7 +5,8 @@ Layout and names follow torchvision's `GoogLeNet`, so its state dicts import by 
 (`conv1.conv`, `inception3a.branch2.1.bn`, `aux1.fc1`, `fc`). torchvision differs from the paper in
 ways its weights depend on, and the defaults here follow torchvision:
 - every convolution is followed by BatchNorm (eps 0.001) and has no bias (the paper predates BN;
-  `norm='none'` gives biased convolutions without BN), and the paper's LocalRespNorm is left out;
+  `norm='none'` gives biased convolutions without BN), and the paper's LocalRespNorm is left out
+  (`lrn=True` puts it back where Fig. 3 has it, with the BVLC Caffe model's constants);
 - the "5x5" branch uses a 3x3 convolution (torchvision issue 906; `branch3_kernel=5` gives the
   paper's 5x5 at 380,928 more parameters);
 - max pools round up (`ceil_mode=True`), emulated here by extra -inf padding at the bottom/right.
@@ -23,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from resnet_jax.models import layers
+from resnet_jax.models.alexnet import local_response_norm
 from resnet_jax.models.registry import register
 
 ModuleDef = Any
@@ -87,6 +89,13 @@ _TABLE1 = {
 }
 
 
+def caffe_lrn(x: jax.Array) -> jax.Array:
+  """The LocalRespNorm of the BVLC Caffe GoogLeNet: local_size 5, alpha 1e-4, beta 0.75 and
+  Caffe's default k = 1. Caffe's alpha multiplies the mean of the 5 squares (as torch's
+  LocalResponseNorm), local_response_norm's alpha their sum: hence 1e-4 / 5."""
+  return local_response_norm(x, size=5, alpha=1e-4 / 5, beta=0.75, k=1.0)
+
+
 class GoogLeNet(nn.Module):
   """GoogLeNet (Inception v1), 224x224 input, in torchvision's layout.
 
@@ -97,6 +106,9 @@ class GoogLeNet(nn.Module):
     dropout_rate: before the classifier; 0.4 as Table 1 (torchvision trains with 0.2).
     aux_dropout_rate: in the auxiliary classifiers; 0.7 as Sec. 5.
     branch3_kernel: 3 as torchvision (and its weights), 5 as the paper.
+    lrn: local response normalization after the first max pool and after conv3 (Fig. 3), as
+      the BVLC Caffe GoogLeNet: 5 channels, alpha 1e-4 on their mean, beta 0.75, k 1. No
+      parameters; torchvision's weights were trained without it.
     norm: 'batch' (torchvision) or 'none' (the paper: biased convolutions, no normalization).
     act / kernel_init: names in layers.ACTIVATIONS / KERNEL_INITS; 'normal_0.01' is
       torchvision's init (N(0, 0.01) truncated at +-2, i.e. not at all), used for the dense layers
@@ -111,6 +123,7 @@ class GoogLeNet(nn.Module):
   dropout_rate: float = 0.4
   aux_dropout_rate: float = 0.7
   branch3_kernel: int = 3
+  lrn: bool = False
   norm: str = 'batch'
   act: str = 'relu'
   kernel_init: str = 'normal_0.01'
@@ -141,8 +154,10 @@ class GoogLeNet(nn.Module):
 
     x = basic(64, 7, strides=2, padding=3, name='conv1')(x)
     x = layers.max_pool(x, 3, 2, ceil_mode=True)
+    x = caffe_lrn(x) if self.lrn else x  # Fig. 3: pool1 -> LocalRespNorm
     x = basic(64, 1, name='conv2')(x)
     x = basic(192, 3, padding=1, name='conv3')(x)
+    x = caffe_lrn(x) if self.lrn else x  # Fig. 3: conv3 -> LocalRespNorm -> pool2
     x = layers.max_pool(x, 3, 2, ceil_mode=True)
     x = block(_TABLE1['3a'], name='inception3a')(x)
     x = block(_TABLE1['3b'], name='inception3b')(x)

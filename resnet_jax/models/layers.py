@@ -7,6 +7,7 @@ a new activation or initializer adds one entry here instead of a new model.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -99,7 +100,26 @@ PARAMETRIC_KERNEL_INITS: dict[str, tuple[str, Callable[[float], Initializer]]] =
 
 # 'batch': layers.BatchNorm; 'flax_batch': flax.linen.BatchNorm itself (the same values and
 # variables, differentiated by JAX's autodiff, so forward mode too: jax.jvp, jax.jacfwd).
-NORMS = ('batch', 'flax_batch', 'none')
+# 'torch_batch': 'batch' whose running variance averages the unbiased batch variance (n/(n-1)
+# times the biased one), as torch.nn.BatchNorm2d's running_var; the training pass is the same.
+NORMS = ('batch', 'flax_batch', 'torch_batch', 'none')
+HEAD_INITS = ('lecun', 'torch')
+
+
+def head_init(name: str, fan_in: int) -> dict[str, Initializer]:
+  """kernel_init and bias_init of a classifier with `fan_in` inputs: 'lecun' is flax's Dense
+  default (LeCun normal, zero bias); 'torch' is torch.nn.Linear's (kaiming_uniform_ with a=sqrt(5):
+  weights and bias both U(-1/sqrt(fan_in), 1/sqrt(fan_in)))."""
+  if name == 'lecun':
+    return {'kernel_init': nn.initializers.lecun_normal(), 'bias_init': nn.initializers.zeros}
+  if name == 'torch':
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def bias_init(key, shape, dtype=jnp.float32):
+      return jax.random.uniform(key, shape, dtype, -bound, bound)
+    return {'kernel_init': nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform'),
+            'bias_init': bias_init}
+  raise ValueError(f'unknown head_init {name!r}; valid: {", ".join(HEAD_INITS)}')
 
 
 def _lookup(
@@ -227,7 +247,12 @@ class BatchNorm(nn.BatchNorm):
 
   Its rules are plain JAX, so grad-of-grad and jvp-of-grad (Hessian products) go through; a
   custom_vjp has no forward mode of its own, so jax.jvp / jacfwd of a training-mode output needs
-  norm='flax_batch' (flax's BatchNorm, the same variables)."""
+  norm='flax_batch' (flax's BatchNorm, the same variables).
+
+  `unbiased_running_var`: the running variance averages n/(n-1) times the batch variance, as
+  torch's BatchNorm2d (norm='torch_batch'); the normalisation itself uses the biased one in both."""
+
+  unbiased_running_var: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
@@ -251,6 +276,9 @@ class BatchNorm(nn.BatchNorm):
       y, mean, var = batch_norm_train(x, scale, bias, self.epsilon, axis_name)
       if not self.is_initializing():
         ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+        if self.unbiased_running_var:
+          count = _count(x, axis_name)
+          var = var * (count / max(count - 1, 1))
         ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
     return y.astype(self.dtype or jnp.result_type(x, scale, bias))
 
@@ -273,8 +301,10 @@ def make_norm(
   `momentum` follows the flax convention (0.9 here equals PyTorch's momentum=0.1). Parameters
   and running statistics are float32 whatever `dtype` (the computation dtype) is.
   """
-  if norm in ('batch', 'flax_batch'):
-    return (BatchNorm if norm == 'batch' else nn.BatchNorm)(
+  if norm in ('batch', 'flax_batch', 'torch_batch'):
+    extra = {'unbiased_running_var': True} if norm == 'torch_batch' else {}
+    return (nn.BatchNorm if norm == 'flax_batch' else BatchNorm)(
+        **extra,
         use_running_average=not train,
         axis_name=axis_name,
         momentum=momentum,

@@ -42,13 +42,14 @@ def _shortcut(
     norm: ModuleDef | None,
     x_proj: jax.Array | None = None,
 ) -> jax.Array:
-  """The shortcut path of a residual unit: the identity unless the shape changes.
+  """The shortcut path of a residual unit: the identity unless the shape changes (or kind C).
 
   He et al. 2015, Sec. 3.3: 'A' subsamples by striding and zero-pads the new channels (no
-  parameters); 'B' projects with a 1x1 convolution (+ BN when `norm` is given). `x_proj` is what
-  the projection reads (the pre-activated input in v2 units, He et al. 2016, Appendix).
+  parameters); 'B' projects with a 1x1 convolution (+ BN when `norm` is given); 'C' projects in
+  every unit, also where the shape is unchanged (Sec. 4.1, Table 3). `x_proj` is what the
+  projection reads (the pre-activated input in v2 units, He et al. 2016, Appendix).
   """
-  if strides == 1 and x.shape[-1] == features:
+  if strides == 1 and x.shape[-1] == features and kind != 'C':
     return x
   if kind == 'A':
     x = x[:, ::strides, ::strides, :]
@@ -56,11 +57,11 @@ def _shortcut(
     if extra < 0:
       raise ValueError(f"shortcut 'A' cannot reduce channels ({x.shape[-1]} -> {features})")
     return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, extra)))
-  if kind == 'B':
+  if kind in ('B', 'C'):
     proj = conv(features, (1, 1), strides=(strides, strides), padding='VALID', name='proj_conv')
     y = proj(x if x_proj is None else x_proj)
     return y if norm is None else norm(name='proj_bn')(y)
-  raise ValueError(f"unknown shortcut {kind!r}; valid: 'A', 'B'")
+  raise ValueError(f"unknown shortcut {kind!r}; valid: 'A', 'B', 'C'")
 
 
 class _Block(nn.Module):
@@ -208,20 +209,24 @@ class ResNet(nn.Module):
 
   Arguments:
     block: 'basic' or 'bottleneck' (expansion 4); `preact` picks the v2 (BN-ReLU-conv) units.
-    shortcut: 'A' (zero-padding identity, no parameters) or 'B' (1x1 projection when the shape
-      changes); He et al. 2015, Sec. 3.3.
+    shortcut: 'A' (zero-padding identity, no parameters), 'B' (1x1 projection when the shape
+      changes) or 'C' (a 1x1 projection in every unit); He et al. 2015, Sec. 3.3 and Table 3.
     residual: False gives the plain twin (He et al. 2015, Sec. 4.1): same layers, no shortcuts.
     stride_on_1x1: bottleneck stride on the first 1x1 (the papers) instead of the 3x3
       (torchvision, timm); same parameters.
     dtype: computation dtype; parameters are float32 and the logits are cast to float32.
     act / kernel_init / norm: names in layers.ACTIVATIONS / KERNEL_INITS / NORMS. Convolutions
-      have no bias unless norm='none'. The dense head keeps flax's default (LeCun normal) init.
+      have no bias unless norm='none'.
+    head_init: the dense head's init, a name in layers.HEAD_INITS: 'lecun' (flax's default,
+      LeCun normal weights, zero bias) or 'torch' (torch's nn.Linear, as torchvision's ResNets
+      keep it: weights and bias U(-1/sqrt(fan_in), 1/sqrt(fan_in))).
     bn_axis_name: the mapped axis ('batch') for cross-replica BatchNorm statistics.
     bn_momentum / bn_epsilon: flax convention (momentum 0.9 == PyTorch's 0.1).
     zero_init_residual: zero the scale of the last BN of each residual branch (Goyal et al.
-      2017, Sec. 5.1). It does nothing in plain nets (no residual branch: zeroing would make the
-      output constant) and nothing in preact nets (their branches end in a conv, not a BN; timm
-      leaves those convs at their default init too).
+      2017, Sec. 5.1). Off by default, as He et al. 2015 (every BN scale starts at 1). It does
+      nothing in plain nets (no residual branch: zeroing would make the output constant) and
+      nothing in preact nets (their branches end in a conv, not a BN; timm leaves those convs at
+      their default init too).
     dropout_rate: dropout before the head (the `dropout` RNG stream).
     dropconnect_rate: DropConnect on the head's weights (layers.DropConnectDense, Wan et al.
       2013; the `dropout` stream); 0 keeps a plain nn.Dense, with the same parameters either way.
@@ -251,11 +256,12 @@ class ResNet(nn.Module):
   dtype: Any = jnp.float32
   act: str = 'relu'
   kernel_init: str = 'kaiming'
+  head_init: str = 'lecun'
   norm: str = 'batch'
   bn_axis_name: str | None = None
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
-  zero_init_residual: bool = True
+  zero_init_residual: bool = False
   dropout_rate: float = 0.0
   dropconnect_rate: float = 0.0
   stochastic_depth: float = 0.0
@@ -353,7 +359,8 @@ class ResNet(nn.Module):
     x = jnp.mean(x, axis=(1, 2))
     if self.dropout_rate > 0:
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    head = dict(dtype=self.dtype, param_dtype=jnp.float32, name='head')
+    head = dict(dtype=self.dtype, param_dtype=jnp.float32, name='head',
+                **layers.head_init(self.head_init, x.shape[-1]))
     if self.dropconnect_rate > 0:
       x = layers.DropConnectDense(self.num_classes, rate=self.dropconnect_rate, **head)(
           x, deterministic=not train)
@@ -376,6 +383,12 @@ register('resnet101', ResNet, stage_sizes=(3, 4, 23, 3), block='bottleneck', **_
          torch_twin='torchvision resnet101', paper_params=44_549_160)
 register('resnet152', ResNet, stage_sizes=(3, 8, 36, 3), block='bottleneck', **_IMAGENET,
          torch_twin='torchvision resnet152', paper_params=60_192_808)
+
+# He et al. 2015, Table 1 and Sec. 4.1: the 18- and 34-layer plain nets of Table 2 / Fig. 4 left,
+# the ResNets without shortcuts (and so without the three projections of option B: 173,824 fewer
+# parameters than resnet18 / resnet34). No library has them: no torch twin.
+register('plain18', ResNet, stage_sizes=(2, 2, 2, 2), block='basic', residual=False, **_IMAGENET)
+register('plain34', ResNet, stage_sizes=(3, 4, 6, 3), block='basic', residual=False, **_IMAGENET)
 
 # He et al. 2015, Sec. 4.2: 3 stages of n units (6n+2 layers), filters 16/32/64, option A;
 # Table 6: 0.27M, 0.46M, 0.66M, 0.85M, 1.7M, 19.4M parameters. No library has them: their torch
