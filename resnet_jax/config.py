@@ -5,6 +5,9 @@ The returned ConfigDict is locked: a misspelt field in an experiment file or on 
 """
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import ml_collections
 from ml_collections import config_dict
 
@@ -191,3 +194,32 @@ def check_config(config) -> None:
     if not 0 <= config[field] <= 1:
       raise ValueError(f'config.{field} must be in [0, 1], got {config[field]}')
 
+
+def with_epochs(config, epochs: float) -> ml_collections.ConfigDict:
+  """A copy of `config` that trains for `epochs`, with every epoch count of its schedule
+  (boundaries, warm-up, step and restart periods) and its evaluation interval scaled by the same
+  factor, so the schedule keeps its shape: the recipe in miniature (or at length)."""
+  config = config.copy_and_resolve_references()
+  factor = epochs / config.num_epochs
+  s = config.schedule
+  s.boundaries = tuple(b * factor for b in s.boundaries)
+  s.warmup_epochs *= factor
+  s.restart_epochs *= factor
+  if s.step_epochs is not None:
+    s.step_epochs *= factor
+  if config.eval_every_epochs:
+    config.eval_every_epochs *= factor
+  config.num_epochs = epochs
+  return config
+
+
+def load_file(path: str, *args) -> ml_collections.ConfigDict:
+  """The config of the config file at `path` (its `get_config(*args)`), as `--config=PATH` loads
+  it, for scripts that build runs from several config files."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'config file {path}: no such file')
+  name = os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(f'_config_{name}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(*args)

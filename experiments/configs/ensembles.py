@@ -31,6 +31,13 @@ def get_config(budget: str = 'cpu'):
     config.dataset.num_workers = 0  # 2 cores: the members' streams are read here, in turn.
     config.model.name = 'lenet5'
     config.model.act = 'relu'
+    config.model.zero_init_residual = None  # LeNet-5 has no residual units.
+    # No BatchNorm: inputs standardised per channel (CIFAR-10's pixel mean and std), and no
+    # decay on the biases (He 2015's per-pixel mean at std 1 suits nets with BN after conv1).
+    config.dataset.preprocess = 'fixed'
+    config.dataset.mean = (125.3, 123.0, 113.9)
+    config.dataset.std = (63.0, 62.1, 66.7)
+    config.optimizer.decay_norm_and_bias = False
     config.num_epochs = 4
     config.dataset.val_fraction = 0.2  # 2,000 held out: a standard error of ~1% on accuracy.
     config.optimizer.weight_decay = 5e-4

@@ -1,0 +1,82 @@
+"""The config files named after a paper set that paper's values (a table written from the paper,
+with its sections), and the registered paper models default to their paper's choices."""
+import os
+
+import pytest
+from conftest import REPO
+
+from resnet_jax import config as config_lib
+from resnet_jax import records, train
+from resnet_jax.models import create_model, list_models, model_spec
+
+# He, Zhang, Ren & Sun 2015, "Deep Residual Learning for Image Recognition", Sec. 4.2 (CIFAR-10).
+HE2015_CIFAR = {
+    'model.name': 'cifar_resnet20',  # n = 3: 6n + 2 = 20 layers.
+    'model.zero_init_residual': False,  # BN as Ioffe & Szegedy: scales start at 1.
+    'model.dropout_rate': 0.0,  # "BN [16] but with no dropout".
+    'batch_size': 128,  # "a mini-batch size of 128".
+    'optimizer.name': 'sgd',
+    'optimizer.momentum': 0.9,  # "momentum of 0.9".
+    'optimizer.nesterov': False,
+    'optimizer.weight_decay': 1e-4,  # "a weight decay of 0.0001".
+    'optimizer.decay_norm_and_bias': True,  # No parameter is excluded.
+    'optimizer.decay_style': 'l2',
+    'label_smoothing': 0.0,
+    'mixup_alpha': 0.0,
+    'schedule.name': 'multistep',
+    'schedule.base_lr': 0.1,  # "We start with a learning rate of 0.1,
+    'schedule.decay_factor': 0.1,  # divide it by 10
+    'schedule.warmup_epochs': 0.0,
+    'dataset.augment': 'cifar',  # "4 pixels are padded on each side, and a 32x32 crop is
+    'dataset.pad': 4,  # randomly sampled from the padded image or its horizontal flip".
+    'dataset.image_size': 32,
+    'dataset.preprocess': 'mean',  # "with the per-pixel mean subtracted".
+    'dataset.std': (1.0,),
+    'dataset.eval_split': 'test',  # Table 6: test error.
+}
+PAPER_CONFIGS = {'cifar10_resnet20': HE2015_CIFAR}
+
+
+def load_config(name: str):
+  return config_lib.load_file(os.path.join(REPO, 'experiments', 'configs', f'{name}.py'))
+
+
+@pytest.mark.parametrize('name', sorted(PAPER_CONFIGS))
+def test_paper_config_sets_the_papers_values(name):
+  config = load_config(name)
+  wrong = {}
+  for field, value in PAPER_CONFIGS[name].items():
+    node = config
+    for part in field.split('.'):
+      node = node[part]
+    if node != value:
+      wrong[field] = (node, value)
+  assert not wrong, f'{name}: field: (config, paper) {wrong}'
+
+
+def test_he2015_cifar_schedule_counts_the_papers_iterations():
+  config = load_config('cifar10_resnet20')
+  steps_per_epoch = 50_000 // 128  # As the training loop counts them on 50k images.
+  # "divide it by 10 at 32k and 48k iterations, and terminate training at 64k iterations".
+  assert [round(b * steps_per_epoch) for b in config.schedule.boundaries] == [32_000, 48_000]
+  assert round(config.num_epochs * steps_per_epoch) == 64_000
+  model = train.build_model(config, num_classes=10)
+  assert (model.stage_sizes, tuple(model.widths), model.shortcut, model.stem) == (
+      (3, 3, 3), (16, 32, 64), 'A', 'cifar')  # Sec. 4.2: option A, 16/32/64 filters.
+  assert model.zero_init_residual is False and model.kernel_init == 'kaiming'
+
+
+def test_tricks_config_changes_only_the_named_tricks():
+  paper, tricks = load_config('cifar10_resnet20'), load_config('cifar10_resnet20_tricks')
+  changed = set(records.config_changes(records.flatten(paper), records.flatten(tricks)))
+  assert changed == {'model.zero_init_residual', 'optimizer.decay_norm_and_bias', 'schedule.name',
+                     'label_smoothing', 'dataset.preprocess', 'dataset.mean', 'dataset.std'}
+
+
+def test_registered_he2015_nets_start_as_the_paper():
+  # He et al. 2015 (v1 and plain nets): no zero-init of the last BN of a branch by default.
+  v1 = [n for n in list_models() if model_spec(n)['module'] == 'ResNet'
+        and not model_spec(n)['kwargs'].get('preact')]
+  assert len(v1) >= 18
+  for name in v1:
+    assert create_model(name, num_classes=10).zero_init_residual is False, name
