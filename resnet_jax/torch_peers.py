@@ -6,7 +6,8 @@ Which twin a model has is its registration's `torch_twin` ('<library> <construct
 twin where one exists (the ImageNet ResNets, VGG, AlexNet, ..., as `resnet_jax.convert` imports
 them). The CIFAR ResNets and their plain twins have none, so `CifarResNet` below writes them in
 torch with our module names, so that `convert.from_torch` loads its weights unchanged and a test
-can prove both compute the same function.
+can prove both compute the same function; `CifarVGG` does the same for `cifar_vgg16` from
+torchvision's VGG layers. Both initialise as torchvision does (the parity experiment trains them).
 """
 from __future__ import annotations
 
@@ -74,6 +75,32 @@ class CifarResNet(nn.Module):
     return self.head(x.mean((2, 3)))
 
 
+class CifarVGG(nn.Module):
+  """`cifar_vgg16` in torch: torchvision's VGG `features` (with BatchNorm; the same indices as
+  ours) and one Linear head on the 1x1x512 map, initialised as torchvision's VGG: convolutions
+  Kaiming normal fan-out with zero bias, BN scale 1 and offset 0, Linear N(0, 0.01), zero bias."""
+
+  def __init__(self, blocks, num_classes: int = 10, batch_norm: bool = True):
+    super().__init__()
+    from torchvision.models.vgg import make_layers
+    layout = [c for num_convs, channels in blocks for c in [channels] * num_convs + ['M']]
+    self.features = make_layers(layout, batch_norm=batch_norm)
+    self.classifier = nn.Linear(blocks[-1][1], num_classes)
+    for m in self.modules():
+      if isinstance(m, nn.Conv2d):
+        nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
+        nn.init.zeros_(m.bias)
+      elif isinstance(m, nn.BatchNorm2d):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+      elif isinstance(m, nn.Linear):
+        nn.init.normal_(m.weight, 0.0, 0.01)
+        nn.init.zeros_(m.bias)
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    return self.classifier(torch.flatten(self.features(x), 1))
+
+
 def has_peer(name: str) -> bool:
   return model_spec(name)['torch_twin'] is not None
 
@@ -103,4 +130,7 @@ def torch_peer(name: str, num_classes: int | None = None, **kwargs: Any) -> nn.M
     ours = spec['kwargs']
     return CifarResNet(ours['stage_sizes'], ours['widths'], num_classes,
                        ours.get('residual', True), **kwargs)
+  if library == 'resnet_jax.torch_peers' and constructor == 'CifarVGG':
+    ours = spec['kwargs']
+    return CifarVGG(ours['blocks'], num_classes, ours.get('batch_norm', False), **kwargs)
   raise ValueError(f'{name}: cannot build its torch twin {spec["torch_twin"]!r}')

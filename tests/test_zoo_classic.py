@@ -5,7 +5,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-import torchvision
 from torch import nn as tnn
 from twins import randomize_batch_norms
 
@@ -172,13 +171,18 @@ def test_alexnet_original_equals_a_torch_restatement():
   assert max(relative_differences('alexnet_original', twin, (227,))) < 1e-4
 
 
-def test_cifar_vgg16_equals_a_torch_restatement():
-  # torchvision's vgg16_bn features (same names) with the CIFAR head: Linear(512, 10).
+def test_cifar_vgg16_equals_its_torch_twin():
+  # torch_peers.CifarVGG: torchvision's vgg16_bn features (same names) and Linear(512, 10).
   torch.manual_seed(0)
-  twin = _Reference(torchvision.models.vgg16_bn().features, tnn.Linear(512, 10))
-  twin = randomized(twin)
+  twin = randomized(torch_peer('cifar_vgg16'))
   assert sum(p.numel() for p in twin.parameters()) == DERIVED_COUNTS['cifar_vgg16']
   assert max(relative_differences('cifar_vgg16', twin, (32,))) < 1e-4
+  # Initialised as torchvision's VGG (the parity experiment trains it from there).
+  fresh = torch_peer('cifar_vgg16')
+  assert float(fresh.classifier.weight.std()) == pytest.approx(0.01, rel=0.05)
+  assert float(fresh.features[0].bias.abs().max()) == 0.0
+  conv = fresh.features[3]  # 64 -> 64, 3x3: Kaiming fan-out std sqrt(2 / (64 * 9)).
+  assert float(conv.weight.std()) == pytest.approx((2 / (64 * 9)) ** 0.5, rel=0.05)
 
 
 def test_cifar_nin_halves_the_maps_and_uses_dropout():

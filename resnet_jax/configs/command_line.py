@@ -17,26 +17,28 @@ FIELDS_HELP = ('Config fields: any field is set as --config.SECTION.FIELD=VALUE;
                'docs/config.md explains each one.')
 
 
-def overrides(argv) -> list[str]:
-  """The dotted field names `argv` sets: --config.a.b=V, --config.a.b V, --[no]config.flag."""
+def overrides(argv, name: str = 'config') -> list[str]:
+  """The dotted field names `argv` sets: --config.a.b=V, --config.a.b V, --[no]config.flag (for
+  the config flag `name`)."""
   names = []
   for arg in argv[1:]:
-    for prefix in ('--config.', '--noconfig.'):
+    for prefix in (f'--{name}.', f'--no{name}.'):
       if arg.startswith(prefix):
         names.append(arg[len(prefix):].split('=', 1)[0])
   return names
 
 
-def define_config_flag(help_text: str) -> None:
-  """--config (default: the packaged default config). ml_collections applies the command line's
-  overrides as the flag is defined: an unknown field is checked first, and named with the
-  nearest valid fields and its section's fields instead of a bare AttributeError."""
+def define_config_flag(help_text: str, name: str = 'config', default: str = configs.DEFAULT):
+  """--config (default: the packaged default config; or the config flag `name`). ml_collections
+  applies the command line's overrides as the flag is defined: an unknown field is checked
+  first, and named with the nearest valid fields and its section's fields instead of a bare
+  AttributeError."""
   try:  # Every config file starts from base_config() and is locked: its fields are these.
-    records.check_fields(overrides(sys.argv), config_lib.base_config())
+    records.check_fields(overrides(sys.argv, name), config_lib.base_config())
   except ValueError as e:
     print(f'FATAL Flags parsing error: {e}', file=sys.stderr)
     sys.exit(1)
-  config_flags.DEFINE_config_file('config', configs.DEFAULT, help_text, lock_config=True)
+  config_flags.DEFINE_config_file(name, default, help_text, lock_config=True)
 
 
 def parse_flags(argv) -> list[str]:

@@ -226,12 +226,15 @@ class DeviceAugment:
 
 
 def device_batch(arrays: dict, order: jax.Array, step, key: jax.Array, augment: DeviceAugment, *,
-                 batch_size: int, steps_per_epoch: int, num_devices: int) -> dict:
+                 batch_size: int, steps_per_epoch: int, num_devices: int,
+                 device_index=None) -> dict:
   """This device's slice of global batch `step` (call under DataParallel.map): positions
   [(step % steps_per_epoch) * batch_size, +batch_size) of the epoch's `order`, slice
-  lax.axis_index(AXIS), gathered from the whole split and augmented."""
+  lax.axis_index(AXIS) (or `device_index`, outside a map), gathered from the whole split and
+  augmented."""
   per_device = batch_size // num_devices
-  start = (step % steps_per_epoch) * batch_size + lax.axis_index(AXIS) * per_device
+  device = lax.axis_index(AXIS) if device_index is None else device_index
+  start = (step % steps_per_epoch) * batch_size + device * per_device
   index = lax.dynamic_slice_in_dim(order, start, per_device)
   images, labels = arrays['image'][index], arrays['label'][index]
   if augment.ops:

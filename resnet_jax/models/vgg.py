@@ -126,4 +126,5 @@ register('vgg19_bn', VGG, **_IMAGENET, torch_twin='torchvision vgg19_bn',
 
 # Configuration D with BatchNorm on 32x32 CIFAR-10; five pools leave 1x1x512 for a linear head.
 register('cifar_vgg16', VGG, input_size=32, num_classes=10, classifier='classifier',
-         blocks=CONFIGS['D'], batch_norm=True, head='cifar')
+         torch_twin='resnet_jax.torch_peers CifarVGG', blocks=CONFIGS['D'], batch_norm=True,
+         head='cifar')
