@@ -42,23 +42,28 @@ def test_activation_comparison_trains_each_and_writes_the_table(tmp_path, mnist_
 
 def test_degradation_writes_each_nets_error_curves(tmp_path, cifar_folder):
   done = subprocess.run([sys.executable, 'experiments/degradation.py', f'--workdir={tmp_path}',
-                         f'--data={cifar_folder}', '--models=plain20',
+                         f'--data={cifar_folder}', '--models=plain20', '--seeds=2',
                          '--epochs=1'], cwd=REPO, capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stderr[-2000:]
   with open(tmp_path / 'degradation.csv') as f:
     reader = csv.DictReader(f)
-    assert reader.fieldnames == ['model', 'step', 'train_error', 'test_error']
+    assert reader.fieldnames == ['model', 'seed', 'step', 'train_error', 'test_error']
     rows = list(reader)
   # 450 training images (the 500 less the 10% validation split), batch 128: 3 steps per epoch,
-  # evaluated every quarter epoch (rounded: every step).
-  for model in ('plain20',):
-    mine = [r for r in rows if r['model'] == model]
+  # evaluated every sixth of the run (rounded: every step).
+  for seed in ('0', '1'):
+    mine = [r for r in rows if r['model'] == 'plain20' and r['seed'] == seed]
     assert [int(r['step']) for r in mine] == [1, 2, 3]
     assert all(0 <= float(r['test_error']) <= 1 for r in mine)
-    with open(tmp_path / model / 'results.json') as f:
+    with open(tmp_path / f'plain20_seed{seed}' / 'results.json') as f:
       final = json.load(f)
     assert float(mine[-1]['test_error']) == pytest.approx(1 - final['accuracy'], abs=1e-4)
     assert 0 <= float(mine[-1]['train_error']) <= 1
+  # Two seeds, two different runs.
+  assert [r['train_error'] for r in rows if r['seed'] == '0'] != \
+      [r['train_error'] for r in rows if r['seed'] == '1']
+  table = (tmp_path / 'degradation.md').read_text()
+  assert '| plain20 | 2 |' in table
   assert (tmp_path / 'degradation.png').stat().st_size > 20_000
 
 
@@ -82,3 +87,36 @@ def test_complexity_rejects_a_model_that_is_not_an_imagenet_one(tmp_path):
                          '--models=cifar_resnet20'], cwd=REPO, capture_output=True, text=True,
                         timeout=120)
   assert done.returncode != 0 and 'cifar_resnet20' in done.stderr and 'resnet50' in done.stderr
+
+
+def test_plain_vs_residual_draws_fig4_from_four_runs(tmp_path, cifar_folder):
+  # Without runs and without --train: the error says how to make them.
+  done = subprocess.run([sys.executable, 'experiments/plain_vs_residual.py',
+                         f'--workdir={tmp_path}'], cwd=REPO, capture_output=True, text=True,
+                        timeout=120)
+  assert done.returncode != 0
+  assert 'no finished run of plain18, plain34, resnet18, resnet34' in done.stderr
+  assert '--config.model.name=NAME' in done.stderr
+  # The paper's recipe on 450 CIFAR images at 32x32, one epoch of 7 steps per net.
+  done = subprocess.run([sys.executable, 'experiments/plain_vs_residual.py',
+                         f'--workdir={tmp_path}', '--train', f'--data={cifar_folder}',
+                         '--config.dataset.image_size=32', '--config.dataset.augment=flip',
+                         '--config.dataset.num_workers=0', '--config.batch_size=64',
+                         '--config.num_epochs=1', '--config.log_every_steps=2'],
+                        cwd=REPO, capture_output=True, text=True, timeout=900)
+  assert done.returncode == 0, done.stderr[-3000:]
+  with open(tmp_path / 'plain_vs_residual.csv') as f:
+    rows = list(csv.DictReader(f))
+  assert [m for m in dict.fromkeys(r['model'] for r in rows)] == [
+      'plain18', 'plain34', 'resnet18', 'resnet34']
+  for model in ('plain18', 'resnet34'):
+    with open(tmp_path / model / 'config.json') as f:
+      stored = json.load(f)
+    assert stored['model']['name'] == model and stored['model']['shortcut'] == 'A'
+    last = [r for r in rows if r['model'] == model][-1]
+    with open(tmp_path / model / 'results.json') as f:
+      assert float(last['test_error']) == pytest.approx(1 - json.load(f)['accuracy'], abs=1e-4)
+  table = (tmp_path / 'plain_vs_residual.md').read_text()
+  assert '| resnet34 |' in table and '| 25.03 |' in table
+  assert 'plain34 above plain18 in training error' in table
+  assert (tmp_path / 'plain_vs_residual.png').stat().st_size > 20_000

@@ -7,7 +7,7 @@ from conftest import REPO
 
 from resnet_jax import config as config_lib
 from resnet_jax import records, train
-from resnet_jax.models import create_model, list_models, model_spec
+from resnet_jax.models import count_params, create_model, list_models, model_spec
 
 # He, Zhang, Ren & Sun 2015, "Deep Residual Learning for Image Recognition", Sec. 4.2 (CIFAR-10).
 HE2015_CIFAR = {
@@ -34,7 +34,29 @@ HE2015_CIFAR = {
     'dataset.std': (1.0,),
     'dataset.eval_split': 'test',  # Table 6: test error.
 }
-PAPER_CONFIGS = {'cifar10_resnet20': HE2015_CIFAR}
+# He et al. 2015, Sec. 3.4 and 4.1 (ImageNet; Fig. 4 and Table 2).
+HE2015_IMAGENET = {
+    'model.shortcut': 'A',  # Sec. 4.1: zero-padding for increasing dimensions in Table 2.
+    'model.zero_init_residual': False,
+    'model.dropout_rate': 0.0,  # "We do not use dropout".
+    'dataset.image_size': 224,  # "A 224x224 crop is randomly sampled".
+    'dataset.augment': 'resnet_imagenet',  # Scale, crop, flip, "the standard color augmentation".
+    'dataset.scale_range': (256, 480),  # "shorter side randomly sampled in [256, 480]".
+    'dataset.preprocess': 'mean',  # "with the per-pixel mean subtracted".
+    'batch_size': 256,  # "SGD with a mini-batch size of 256".
+    'optimizer.name': 'sgd',
+    'optimizer.momentum': 0.9,  # "a momentum of 0.9".
+    'optimizer.weight_decay': 1e-4,  # "a weight decay of 0.0001".
+    'optimizer.decay_norm_and_bias': True,
+    'schedule.name': 'multistep',
+    'schedule.base_lr': 0.1,  # "The learning rate starts from 0.1".
+    'schedule.decay_factor': 0.1,  # "is divided by 10".
+    'schedule.warmup_epochs': 0.0,
+    'label_smoothing': 0.0,
+}
+
+PAPER_CONFIGS = {'cifar10_resnet20': HE2015_CIFAR,
+                 'imagenet_plain_vs_residual': HE2015_IMAGENET}
 
 
 def load_config(name: str):
@@ -80,3 +102,16 @@ def test_registered_he2015_nets_start_as_the_paper():
   assert len(v1) >= 18
   for name in v1:
     assert create_model(name, num_classes=10).zero_init_residual is False, name
+
+
+def test_imagenet_plain_vs_residual_trains_up_to_600k_iterations():
+  config = load_config('imagenet_plain_vs_residual')
+  steps_per_epoch = 1_281_167 // 256
+  # Sec. 3.4: "trained for up to 60 x 10^4 iterations"; Fig. 4's lr drops at ~15 and 30 x 10^4.
+  assert round(config.num_epochs * steps_per_epoch) == 600_000
+  assert [round(b * steps_per_epoch) for b in config.schedule.boundaries] == [150_000, 300_000]
+  # Option A: the residual nets have exactly the plain nets' parameters (Sec. 4.1, Table 2).
+  for depth in (18, 34):
+    config.model.name = f'resnet{depth}'
+    assert train.build_model(config, 1000).shortcut == 'A'
+    assert count_params(f'resnet{depth}', shortcut='A') == count_params(f'plain{depth}')
