@@ -245,7 +245,11 @@ def summary(rows: list[dict]) -> list[str]:
                    f"{', '.join(f'{a:.4f}' for a in accs)} | {stats[side][0]:.4f} +- {std:.4f} | "
                    f"{statistics.fmean(float(r['seconds']) for r in mine):.0f} |")
     if len(stats) == 2:
-      (m1, s1, _), (m2, s2, _) = stats['ours'], stats['torch']
+      (m1, s1, n1), (m2, s2, n2) = stats['ours'], stats['torch']
+      if min(n1, n2) < 2:
+        verdicts.append(f'{recipe}: ours - torch = {m1 - m2:+.4f}; the seed noise needs 2 or '
+                        'more seeds a side (--seeds)')
+        continue
       pooled = math.sqrt((s1 ** 2 + s2 ** 2) / 2)
       verdict = 'within' if abs(m1 - m2) <= pooled else 'OUTSIDE'
       verdicts.append(f'{recipe}: ours - torch = {m1 - m2:+.4f}, pooled std {pooled:.4f}: '

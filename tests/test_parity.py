@@ -55,6 +55,7 @@ def test_same_init_parity_run_follows_our_losses_step_for_step(tmp_path, cifar_f
   assert relative[2] < 1e-3 and relative[3] < 1e-2, relative
   table = (tmp_path / 'parity.md').read_text()
   assert f'| {label} | cifar_resnet20 | 1.0 | torch | 0 |' in table
+  assert 'the seed noise needs 2 or more seeds a side' in table
 
   # A second run skips the rows it has.
   again = _parity(*args, timeout=200)
