@@ -28,7 +28,6 @@ finishes: a rerun skips the runs it has) and DIR/parity.md (the table).
 """
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -44,7 +43,7 @@ from absl import app, flags, logging
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from experiments.shared_data import image_folder  # noqa: E402
+from experiments.shared_data import append_csv_row, image_folder, read_csv_rows  # noqa: E402
 from resnet_jax import config as config_lib  # noqa: E402
 from resnet_jax import data, metrics, train, xla_flags  # noqa: E402
 from resnet_jax.configs import command_line  # noqa: E402
@@ -209,22 +208,6 @@ def recipe_label(recipe_file: str, argv, same_init: bool) -> str:
                    *(['same_init'] if same_init else [])])
 
 
-def read_rows(path: str) -> list[dict]:
-  if not os.path.exists(path):
-    return []
-  with open(path, newline='') as f:
-    return list(csv.DictReader(f))
-
-
-def append_row(path: str, row: dict) -> None:
-  new = not os.path.exists(path)
-  with open(path, 'a', newline='') as f:
-    writer = csv.DictWriter(f, fieldnames=FIELDS)
-    if new:
-      writer.writeheader()
-    writer.writerow(row)
-
-
 def summary(rows: list[dict]) -> list[str]:
   """The markdown table: per recipe, each side's accuracies, mean +- std, and the difference in
   units of the pooled std."""
@@ -283,7 +266,7 @@ def main(argv) -> None:
   config.checkpoint_every_steps = 10 ** 9
   check_parity_config(config)
   table = os.path.join(workdir, 'parity.csv')
-  done = {(r['recipe'], r['side'], r['seed']) for r in read_rows(table)}
+  done = {(r['recipe'], r['side'], r['seed']) for r in read_csv_rows(table)}
   for seed in range(_SEEDS.value):
     config.seed = seed
     ours_dir = os.path.join(runs, f'ours_seed{seed}')
@@ -304,10 +287,10 @@ def main(argv) -> None:
                                              os.path.join(runs, f'torch_seed{seed}.jsonl'))
       logging.info('%s %s seed %d: test accuracy %.4f in %.0f s', recipe, side, seed, accuracy,
                    seconds)
-      append_row(table, dict(recipe=recipe, model=config.model.name, side=side, seed=seed,
-                             epochs=config.num_epochs, steps=steps, test_accuracy=accuracy,
-                             seconds=round(seconds, 1)))
-  lines = summary(read_rows(table))
+      append_csv_row(table, dict(recipe=recipe, model=config.model.name, side=side, seed=seed,
+                                 epochs=config.num_epochs, steps=steps, test_accuracy=accuracy,
+                                 seconds=round(seconds, 1)), FIELDS)
+  lines = summary(read_csv_rows(table))
   with open(os.path.join(workdir, 'parity.md'), 'w') as f:
     f.write('\n'.join(lines) + '\n')
   print('\n'.join(lines))

@@ -22,7 +22,6 @@ DIR/TABLE/ROW.
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import os
 import sys
@@ -32,7 +31,7 @@ from absl import app, flags, logging
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from experiments.shared_data import image_folder  # noqa: E402
+from experiments.shared_data import append_csv_row, image_folder, read_csv_rows  # noqa: E402
 from resnet_jax import config as config_lib  # noqa: E402
 from resnet_jax import metrics, records, train, xla_flags  # noqa: E402
 
@@ -150,13 +149,6 @@ def expected_hours(table: dict, rows: list[Row]) -> list[str]:
   return lines
 
 
-def read_rows(path: str) -> list[dict]:
-  if not os.path.exists(path):
-    return []
-  with open(path, newline='') as f:
-    return list(csv.DictReader(f))
-
-
 def markdown(title: str, budget: str, rows: list[dict]) -> list[str]:
   lines = [f'{title}; ours at --budget={budget}.', '',
            '| row | model | paper error (%) | our error (%) | our split | epochs | where in the '
@@ -186,7 +178,7 @@ def main(argv) -> None:
   os.makedirs(workdir, exist_ok=True)
   logging.get_absl_handler().addFilter(metrics.QuietLibraries())
   csv_path = os.path.join(workdir, f'{_TABLE.value}.csv')
-  done = {r['row'] for r in read_rows(csv_path)}
+  done = {r['row'] for r in read_csv_rows(csv_path)}
   folder = None
   if _BUDGET.value == 'cpu' or _DATA.value:
     per_class = None if _DATA.value else (_PER_CLASS.value or CPU_PER_CLASS)
@@ -211,17 +203,14 @@ def main(argv) -> None:
     results = train.train_and_evaluate(config, run_dir)
     if results.get('preempted'):
       sys.exit(f'{row.name} was stopped (SIGTERM) and saved; run the same command to resume.')
-    with open(csv_path, 'a', newline='') as f:
-      writer = csv.DictWriter(f, fieldnames=FIELDS)
-      if not done and f.tell() == 0:
-        writer.writeheader()
-      writer.writerow(dict(row=row.name, model=config.model.name, paper_error=row.paper_error,
-                           source=row.source, our_error=round(100 * (1 - results['accuracy']), 2),
-                           split=config.dataset.eval_split, epochs=config.num_epochs,
-                           steps=results['step'], seconds=round(time.perf_counter() - start)))
+    append_csv_row(csv_path, dict(
+        row=row.name, model=config.model.name, paper_error=row.paper_error, source=row.source,
+        our_error=round(100 * (1 - results['accuracy']), 2), split=config.dataset.eval_split,
+        epochs=config.num_epochs, steps=results['step'],
+        seconds=round(time.perf_counter() - start)), FIELDS)
     logging.info('%s: error %.2f%% (paper %.2f%%)', row.name, 100 * (1 - results['accuracy']),
                  row.paper_error)
-  lines = markdown(table['title'], _BUDGET.value, read_rows(csv_path))
+  lines = markdown(table['title'], _BUDGET.value, read_csv_rows(csv_path))
   with open(os.path.join(workdir, f'{_TABLE.value}.md'), 'w') as f:
     f.write('\n'.join(lines) + '\n')
   print('\n'.join(lines))

@@ -1,6 +1,8 @@
-"""The real training images of ../shared/data as image folders, for the experiment scripts."""
+"""The real training images of ../shared/data as image folders, and the results tables (CSV) the
+experiment scripts append to as each run finishes."""
 from __future__ import annotations
 
+import csv
 import os
 import tarfile
 
@@ -32,3 +34,21 @@ def image_folder(name: str, workdir: str, given: str = '', per_class: int | None
         tar.extract(member, partial, filter='data')
   os.rename(partial, folder)
   return folder
+
+
+def read_csv_rows(path: str) -> list[dict]:
+  """The rows of the CSV table at `path` ([] before its first row)."""
+  if not os.path.exists(path):
+    return []
+  with open(path, newline='') as f:
+    return list(csv.DictReader(f))
+
+
+def append_csv_row(path: str, row: dict, fields: list[str]) -> None:
+  """Appends `row` to the CSV table at `path`, writing its header first if it is new."""
+  new = not os.path.exists(path) or os.path.getsize(path) == 0
+  with open(path, 'a', newline='') as f:
+    writer = csv.DictWriter(f, fieldnames=fields)
+    if new:
+      writer.writeheader()
+    writer.writerow(row)

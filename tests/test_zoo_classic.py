@@ -178,7 +178,7 @@ def test_cifar_vgg16_equals_its_torch_twin():
   assert sum(p.numel() for p in twin.parameters()) == DERIVED_COUNTS['cifar_vgg16']
   assert max(relative_differences('cifar_vgg16', twin, (32,))) < 1e-4
   # Initialised as torchvision's VGG (the parity experiment trains it from there).
-  fresh = torch_peer('cifar_vgg16')
+  fresh = torch_peer('cifar_vgg16').requires_grad_(False)
   assert float(fresh.classifier.weight.std()) == pytest.approx(0.01, rel=0.05)
   assert float(fresh.features[0].bias.abs().max()) == 0.0
   conv = fresh.features[3]  # 64 -> 64, 3x3: Kaiming fan-out std sqrt(2 / (64 * 9)).
