@@ -30,7 +30,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from experiments.configs import degradation as degradation_config  # noqa: E402
 from experiments.error_curves import FIELDS, error_curve, final_errors, plot, summary  # noqa: E402
-from experiments.shared_data import image_folder  # noqa: E402
+from experiments.shared_data import image_folder, write_markdown  # noqa: E402
 from resnet_jax import config as config_lib  # noqa: E402
 from resnet_jax import metrics, train, xla_flags  # noqa: E402
 
@@ -77,9 +77,7 @@ def main(argv) -> None:
     writer.writerows(rows)
   plot(rows, os.path.join(workdir, 'degradation.png'), PANELS)
   lines = summary(rows, EFFECTS)
-  with open(os.path.join(workdir, 'degradation.md'), 'w') as f:
-    f.write('\n'.join(lines) + '\n')
-  print('\n'.join(lines))
+  write_markdown(os.path.join(workdir, 'degradation.md'), lines)
 
 
 if __name__ == '__main__':

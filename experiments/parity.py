@@ -43,7 +43,7 @@ from absl import app, flags, logging
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from experiments.shared_data import append_csv_row, image_folder, read_csv_rows  # noqa: E402
+from experiments.shared_data import append_csv_row, image_folder, read_csv_rows, write_markdown  # noqa: E402
 from resnet_jax import config as config_lib  # noqa: E402
 from resnet_jax import data, metrics, train, xla_flags  # noqa: E402
 from resnet_jax.configs import command_line  # noqa: E402
@@ -291,9 +291,7 @@ def main(argv) -> None:
                                  epochs=config.num_epochs, steps=steps, test_accuracy=accuracy,
                                  seconds=round(seconds, 1)), FIELDS)
   lines = summary(read_csv_rows(table))
-  with open(os.path.join(workdir, 'parity.md'), 'w') as f:
-    f.write('\n'.join(lines) + '\n')
-  print('\n'.join(lines))
+  write_markdown(os.path.join(workdir, 'parity.md'), lines)
 
 
 if __name__ == '__main__':

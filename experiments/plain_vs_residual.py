@@ -29,6 +29,7 @@ from absl import app, flags, logging
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from experiments import error_curves  # noqa: E402
+from experiments.shared_data import write_markdown  # noqa: E402
 from resnet_jax import metrics, train, xla_flags  # noqa: E402
 from resnet_jax.configs import command_line  # noqa: E402
 
@@ -84,9 +85,7 @@ def main(argv) -> None:
     with open(os.path.join(workdir, model, 'results.json')) as f:
       error = 100 * (1 - json.load(f)['accuracy'])
     lines.append(f'| {model} | {error:.2f} | {TABLE2[model]:.2f} |')
-  with open(os.path.join(workdir, 'plain_vs_residual.md'), 'w') as f:
-    f.write('\n'.join(lines) + '\n')
-  print('\n'.join(lines))
+  write_markdown(os.path.join(workdir, 'plain_vs_residual.md'), lines)
 
 
 if __name__ == '__main__':

@@ -31,7 +31,7 @@ from absl import app, flags, logging
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from experiments.shared_data import append_csv_row, image_folder, read_csv_rows  # noqa: E402
+from experiments.shared_data import append_csv_row, image_folder, read_csv_rows, write_markdown  # noqa: E402
 from resnet_jax import config as config_lib  # noqa: E402
 from resnet_jax import metrics, records, train, xla_flags  # noqa: E402
 
@@ -211,9 +211,7 @@ def main(argv) -> None:
     logging.info('%s: error %.2f%% (paper %.2f%%)', row.name, 100 * (1 - results['accuracy']),
                  row.paper_error)
   lines = markdown(table['title'], _BUDGET.value, read_csv_rows(csv_path))
-  with open(os.path.join(workdir, f'{_TABLE.value}.md'), 'w') as f:
-    f.write('\n'.join(lines) + '\n')
-  print('\n'.join(lines))
+  write_markdown(os.path.join(workdir, f'{_TABLE.value}.md'), lines)
 
 
 if __name__ == '__main__':

@@ -52,3 +52,10 @@ def append_csv_row(path: str, row: dict, fields: list[str]) -> None:
     if new:
       writer.writeheader()
     writer.writerow(row)
+
+
+def write_markdown(path: str, lines: list[str]) -> None:
+  """Writes a script's markdown summary to `path` and prints it."""
+  with open(path, 'w') as f:
+    f.write('\n'.join(lines) + '\n')
+  print('\n'.join(lines))
