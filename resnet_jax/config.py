@@ -160,6 +160,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.freeze = ''
   c.restore_fallback = False  # Latest checkpoint unreadable: resume from the newest good one.
   c.skip_nonfinite = False  # Drop (and count) updates whose loss or gradient is NaN/Inf.
+  # JAX's persistent compilation cache (resnet_jax.compilation): a restart loads the compiled
+  # steps instead of compiling them again. '' turns it off.
+  c.compilation_cache_dir = '~/.cache/resnet_jax/xla'
   c.lock()
   return c
 

@@ -36,7 +36,7 @@ from absl import app, flags, logging
 from etils import epath
 from jax import lax
 
-from resnet_jax import data, metrics, records, train, xla_flags
+from resnet_jax import compilation, data, metrics, records, train, xla_flags
 from resnet_jax.checkpoint import Checkpointer
 from resnet_jax.configs import command_line
 from resnet_jax.data import augment as augment_lib
@@ -342,6 +342,7 @@ def main(argv) -> None:
   except ValueError:
     raise app.UsageError(f'--scales {f.scales}: give integers, e.g. 224,256,288') from None
   config = command_line.eval_config(f.workdirs[0])
+  compilation.enable_cache(config.compilation_cache_dir)
   stored = [w for w in f.workdirs if records.has_config(w)]
   records.check_same_model(stored)
   rows = evaluate_checkpoints(config, f.workdirs, f.eval_mode, scales=scales,

@@ -9,7 +9,7 @@ named in --allow_config_change, and `--mode=eval` evaluates with the stored conf
 import jax
 from absl import app, flags, logging
 
-from resnet_jax import metrics, records, xla_flags
+from resnet_jax import compilation, metrics, records, xla_flags
 from resnet_jax.configs import command_line
 
 command_line.define_config_flag('ml_collections config file (default: the embedded digits '
@@ -51,6 +51,9 @@ def main(argv):
     raise app.UsageError('--workdir is required (where the run keeps its checkpoints)')
   xla_flags.set_cpu_defaults()
   logging.get_absl_handler().addFilter(metrics.QuietLibraries())
+  config = (command_line.eval_config(_WORKDIR.value) if _MODE.value == 'eval'
+            else flags.FLAGS.config)
+  compilation.enable_cache(config.compilation_cache_dir)  # Before the first compile.
   if _MULTIHOST.value:
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
@@ -61,10 +64,9 @@ def main(argv):
   logging.info('JAX %s, %d processes, %d devices (%s)', jax.__version__, jax.process_count(),
                jax.device_count(), jax.devices()[0].platform)
   if _MODE.value == 'eval':
-    evaluate.evaluate_checkpoint(command_line.eval_config(_WORKDIR.value), _WORKDIR.value)
+    evaluate.evaluate_checkpoint(config, _WORKDIR.value)
   else:
-    train.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value,
-                             allow_config_change=_ALLOW.value)
+    train.train_and_evaluate(config, _WORKDIR.value, allow_config_change=_ALLOW.value)
 
 
 if __name__ == '__main__':

@@ -203,11 +203,14 @@ class Progress:
   def restart(self, step: int) -> None:
     self.clock, self.since = time.perf_counter(), step
 
-  def compiled(self, state, step: int) -> None:
-    """After the first call, which ran the steps up to `step`: waits for it, logs its time."""
+  def compiled(self, state, step: int, compilations=None) -> None:
+    """After the first call, which ran the steps up to `step`: waits for it, logs its time and,
+    with `compilations` (compilation.Compilations of the call), whether the step was compiled or
+    loaded from the persistent cache."""
     jax.block_until_ready(state)
     seconds = time.perf_counter() - self.clock
-    logging.info('compiled the train step and ran it to step %d in %.1f s', step, seconds)
+    what = compilations.describe('train step') + '; ' if compilations is not None else ''
+    logging.info('%sthe first call ran to step %d in %.1f s', what, step, seconds)
     self.per_step = seconds / max(1, step - self.since)  # Until a step without compiling.
     self.restart(step)
 

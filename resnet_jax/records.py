@@ -36,10 +36,11 @@ RESULTS_FILE = 'results.json'  # The training run's final evaluation.
 # What an evaluation of a stored run may set on top of its config: where and how much it reads,
 # never what was trained.
 EVAL_FIELDS = ('dataset.eval_split', 'batch_size', 'dataset.data_dir', 'dataset.num_workers',
-               'parallelism')
-# What a restart may change without --allow_config_change (logged, recorded): how to recover, not
-# what is trained. The damaged-checkpoint error itself asks for restore_fallback=true.
-RECOVERY_FIELDS = ('restore_fallback',)
+               'parallelism', 'compilation_cache_dir')
+# What a restart may change without --allow_config_change (logged, recorded): how to recover and
+# where compiled programs are cached, not what is trained. The damaged-checkpoint error itself
+# asks for restore_fallback=true.
+RECOVERY_FIELDS = ('restore_fallback', 'compilation_cache_dir')
 # Names other codebases give our fields (torch, timm, Keras), for the unknown-field hint.
 ALIASES = {'learning_rate': 'schedule.base_lr', 'lr': 'schedule.base_lr',
            'epochs': 'num_epochs', 'wd': 'optimizer.weight_decay', 'model': 'model.name',

@@ -39,10 +39,13 @@ def create_train_state(model, tx: optax.GradientTransformation, rng: jax.Array,
                        image_shape: tuple[int, ...], ema: bool = False) -> TrainState:
   """A fresh state; with `ema`, the weight averages start at the initial weights."""
   variables = initial_variables(model, rng, image_shape)
-  return TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
-                           batch_stats=variables['batch_stats'],
-                           skipped_steps=jnp.zeros((), jnp.int32),
-                           ema=jax.tree.map(jnp.copy, variables) if ema else {})
+  state = TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
+                            batch_stats=variables['batch_stats'],
+                            skipped_steps=jnp.zeros((), jnp.int32),
+                            ema=jax.tree.map(jnp.copy, variables) if ema else {})
+  # A strong int32 step, as a checkpoint restores it: a weakly typed 0 would make a resumed run's
+  # train step another program, a miss in the compilation cache.
+  return state.replace(step=jnp.zeros((), jnp.int32))
 
 
 def normalize(images: jax.Array, mean, std, dtype) -> jax.Array:

@@ -40,7 +40,7 @@ import numpy as np
 from absl import app, flags, logging
 from etils import epath
 
-from resnet_jax import evaluate, metrics, records, steps, train, xla_flags
+from resnet_jax import compilation, evaluate, metrics, records, steps, train, xla_flags
 from resnet_jax.checkpoint import Checkpointer
 from resnet_jax.configs import command_line
 from resnet_jax.models import count_params
@@ -449,6 +449,7 @@ def main(argv) -> None:
   if not f.workdir:
     raise app.UsageError('--workdir is required')
   xla_flags.set_cpu_defaults()
+  compilation.enable_cache(f.config.compilation_cache_dir)  # Trials of one program compile once.
   try:
     run_sweep(f.config, f.sweep, f.workdir, search=f.search, trials=f.trials,
               sweep_seed=f.sweep_seed, vmap=f.vmap)

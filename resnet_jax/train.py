@@ -19,7 +19,7 @@ import optax
 from absl import logging
 from etils import epath
 
-from resnet_jax import data, metrics, optim, records, steps
+from resnet_jax import compilation, data, metrics, optim, records, steps
 from resnet_jax.checkpoint import Checkpointer, Preemption
 from resnet_jax.config import check_config
 from resnet_jax.convert import with_pretrained  # config.init_from
@@ -245,9 +245,12 @@ def loop(state, *, parallel: DataParallel, start: int, end: int, total_steps: in
       boundary = min(end, *(step // every * every + every for every in
                             (periods.log, periods.checkpoint, periods.eval)))
       n = min(max_steps_per_call, boundary - step)
-      state, values = advance(state, step, n)
       if step == start:  # The first call compiles the step: time it apart, out of the ETA.
-        progress.compiled(state, step + n)
+        with compilation.Compilations() as compiled:
+          state, values = advance(state, step, n)
+        progress.compiled(state, step + n, compiled)
+      else:
+        state, values = advance(state, step, n)
       pending.append((range(step + 1, step + n + 1), values))
       step += n
       preempted = preemption.reached(step)

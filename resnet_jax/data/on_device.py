@@ -271,6 +271,8 @@ def multi_step(train_step: Callable, augment: DeviceAugment, *, max_steps: int, 
       state, order = carry
       step = state.step
       epoch = step // steps_per_epoch
+      # A strong int32 epoch: a weakly typed one out of the first call would compile it again.
+      epoch = lax.convert_element_type(epoch, jnp.int32)
       order = lax.cond(epoch == order[1], lambda: order,
                        lambda: (epoch_order(data_key, epoch, num_examples), epoch))
       batch = device_batch(arrays, order[0], step, data_key, augment, **options)
