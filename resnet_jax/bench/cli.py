@@ -6,6 +6,7 @@
   python -m resnet_jax.benchmark --model cifar_resnet20 --convs [--vs-torch]
   python -m resnet_jax.benchmark --all --mode infer --batch 1      (every registered model)
   python -m resnet_jax.benchmark --mode pipeline [--images DIR] [--workers N]
+  python -m resnet_jax.benchmark --mode restart --model lenet5,resnet50 [--dtype bfloat16]
   python -m resnet_jax.benchmark --zoo [--models resnet50,vgg16] [--markdown]
 
 (`python -m resnet_jax.bench` is the same command.)
@@ -30,6 +31,9 @@ weight gradient; with `--vs-torch` torch's as well, alternating), and what one t
 spends in them: on XLA:CPU the convolutions run on the thread pool outside the trace that
 `--profile` reads.
 
+`--mode restart` times the main job from process start to its first training step: a fresh
+run, a resume after a SIGTERM without the compilation cache, and one with the cache warm.
+
 `--zoo` prints forward FLOPs at batch 1 and the registered input size for the zoo table of
 docs/models.md.
 """
@@ -46,6 +50,7 @@ from resnet_jax.bench.complexity import natural_key, zoo_rows
 from resnet_jax.bench.convs import convolution_rows
 from resnet_jax.bench.pipeline import pipeline_row
 from resnet_jax.bench.profile import profile_row
+from resnet_jax.bench.restart import restart_row
 from resnet_jax.bench.step import peak_matmul_flops, step_row
 from resnet_jax.models import list_models
 
@@ -74,6 +79,15 @@ PIPELINE_COLUMNS = [
     ('images_per_sec_per_core', 'img/s (1 core)', lambda v: f'{v:.0f}'),
     ('workers', 'workers', str),
     ('images_per_sec_workers', 'img/s (workers)', lambda v: f'{v:.0f}'),
+]
+RESTART_COLUMNS = [
+    ('model', 'model', str), ('dtype', 'dtype', str), ('batch', 'batch', str),
+    ('image_size', 'size', str), ('fresh_s', 'fresh s', lambda v: f'{v:.1f}'),
+    ('fresh_compile_s', 'compile s', lambda v: f'{v:.1f}'),
+    ('resume_s', 'resume s', lambda v: f'{v:.1f}'),
+    ('warm_s', 'resume warm s', lambda v: f'{v:.1f}'),
+    ('warm_load_s', 'load s', lambda v: f'{v:.2f}'),
+    ('speedup', 'x sooner', lambda v: f'{v:.1f}'),
 ]
 ZOO_COLUMNS = ['model', 'input', 'classes', 'params', 'gflops', 'twin', 'paper']
 
@@ -161,7 +175,9 @@ def argument_parser() -> argparse.ArgumentParser:
   p.add_argument('--batch', type=int, default=128)
   p.add_argument('--image-size', type=int, default=0, help="default: the model's own")
   p.add_argument('--dtype', choices=('float32', 'bfloat16'), default='float32')
-  p.add_argument('--mode', choices=('train', 'infer', 'pipeline'), default='train')
+  p.add_argument('--mode', choices=('train', 'infer', 'pipeline', 'restart'), default='train',
+                 help='restart: seconds from process start to the first step, fresh and on '
+                      'a resume with and without the compilation cache (bench/restart.py)')
   p.add_argument('--vs-torch', action='store_true',
                  help='time the torchvision/timm twin alternating with ours')
   p.add_argument('--torch-compile', action='store_true', help='torch.compile the twin')
@@ -201,6 +217,12 @@ def main(argv=None) -> None:
     parser.error(f'unknown model {unknown}; see resnet_jax.models.list_models()')
   if args.zoo:
     return print_zoo(zoo_rows(names), args.markdown)
+  if args.mode == 'restart':
+    rows = [restart_row(name, dtype=args.dtype, batch=args.batch, image_size=args.image_size)
+            for name in names]
+    if not args.json:
+      print(f'# {jax.devices()[0].device_kind}: seconds from process start to the first step')
+    return emit(rows, RESTART_COLUMNS, args.json)
   if args.vs_torch:
     from resnet_jax.torch_peers import has_peer
     missing = [n for n in names if not has_peer(n)]
