@@ -164,3 +164,70 @@ def test_importing_the_package_leaves_xla_flags_alone_and_the_entry_sets_them(tm
   assert run(devices, '\n' + entry) == (f'{devices} {flag}=', False)
   chosen = f'{flag}=individual_convolution'
   assert run(chosen, '\n' + entry)[0] == chosen  # the user's own setting stays
+
+
+def test_accelerator_command_runs_every_row_at_tiny_sizes(tmp_path):
+  # The one command a lent GPU runs (docs/benchmarks.md), here at toy sizes on the CPU.
+  import json
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'PYTHONPATH': REPO, 'XLA_FLAGS': ''}
+  done = subprocess.run([sys.executable, '-m', 'resnet_jax.bench.accelerator', '--tiny',
+                         '--out', str(tmp_path / 'out'), '--wheels', str(tmp_path / 'none')],
+                        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+  assert done.returncode == 0, done.stderr[-3000:]
+  document = json.loads((tmp_path / 'out' / 'accelerator.json').read_text())
+  assert document['tiny'] and document['platform'] == 'cpu'
+  assert document['installed_from_wheels'] == []  # Nothing missing here.
+  assert all(v > 0 for v in document['peak_matmul_tflops'].values())
+  rows = {(r['benchmark'], r['impl'], r['dtype'], r['batch']): r for r in document['rows']}
+  expected = {('resnet50 train', impl, dtype, 2) for impl in ('ours', 'torch eager',
+                                                              'torch.compile')
+              for dtype in ('bfloat16', 'float32')}
+  expected |= {('cifar_resnet20 train on device', 'ours', d, 8) for d in ('bfloat16', 'float32')}
+  expected |= {(f'{name} latency', 'ours', 'float32', 1) for name in
+               ('alexnet', 'vgg16', 'googlenet', 'resnet50', 'mobilenet_v1')}
+  assert set(rows) == expected
+  assert all(r['images_per_sec'] > 0 for r in rows.values())
+  ours = [r for r in rows.values() if r['impl'] == 'ours']
+  assert all(r['tflops'] > 0 and 0 < r['peak_share'] for r in ours)
+  assert all(r['latency_ms'] > 0 for r in ours if r['batch'] == 1)
+  table = done.stdout
+  assert 'TFLOP/s' in table and '% of peak' in table and 'torch.compile' in table
+
+
+def _wheel(folder, dist: str, module: str) -> str:
+  """A real (if minimal) wheel of one pure-Python module, as pip download would leave it."""
+  import base64
+  import hashlib
+  import zipfile
+  files = {f'{module}.py': 'VALUE = 42\n',
+           f'{dist}-1.0.dist-info/METADATA': f'Metadata-Version: 2.1\nName: {dist}\n'
+                                            'Version: 1.0\n',
+           f'{dist}-1.0.dist-info/WHEEL': 'Wheel-Version: 1.0\nGenerator: test\n'
+                                         'Root-Is-Purelib: true\nTag: py3-none-any\n'}
+  record = [f'{name},sha256='
+            + base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).decode().rstrip('=')
+            + f',{len(text.encode())}' for name, text in files.items()]
+  files[f'{dist}-1.0.dist-info/RECORD'] = '\n'.join(record + [f'{dist}-1.0.dist-info/RECORD,,'])
+  path = os.path.join(folder, f'{dist}-1.0-py3-none-any.whl')
+  with zipfile.ZipFile(path, 'w') as z:
+    for name, text in files.items():
+      z.writestr(name, text)
+  return path
+
+
+def test_accelerator_installs_what_is_missing_from_the_carried_wheels(tmp_path, monkeypatch):
+  import importlib
+
+  from resnet_jax.bench import accelerator
+  monkeypatch.setattr(accelerator, 'CARRIED', (('carried_probe', 'carried_probe'),))
+  with pytest.raises(SystemExit, match='--download-wheels'):
+    accelerator.install_missing(str(tmp_path))  # No wheels there.
+  _wheel(str(tmp_path), 'carried_probe', 'carried_probe')
+  path = list(sys.path)
+  try:
+    assert accelerator.install_missing(str(tmp_path)) == ['carried_probe']
+    assert importlib.import_module('carried_probe').VALUE == 42
+    assert accelerator.install_missing(str(tmp_path)) == []  # Now present: nothing to do.
+  finally:
+    sys.path[:] = path
+    sys.modules.pop('carried_probe', None)

@@ -108,8 +108,9 @@ def torch_device():
 
 
 def torch_step(name: str, batch: int, image_size: int, dtype: str, mode: str,
-               compile_model: bool = False) -> Timed:
-  """The torch twin's training step (SGD, cross-entropy) or eval forward, channels-last."""
+               compile_model: bool = False, compile_backend: str = 'inductor') -> Timed:
+  """The torch twin's training step (SGD, cross-entropy) or eval forward, channels-last;
+  `compile_model`: the model through torch.compile (with `compile_backend`)."""
   import torch
 
   from resnet_jax.torch_peers import torch_peer
@@ -119,7 +120,7 @@ def torch_step(name: str, batch: int, image_size: int, dtype: str, mode: str,
   x = torch.randn(batch, spec['in_channels'], image_size, image_size, device=device)
   x = x.contiguous(memory_format=torch.channels_last)
   y = torch.randint(0, spec['num_classes'], (batch,), device=device)
-  forward = torch.compile(model) if compile_model else model
+  forward = torch.compile(model, backend=compile_backend) if compile_model else model
   autocast = functools.partial(torch.autocast, device.type, dtype=torch.bfloat16,
                                enabled=dtype == 'bfloat16')
 
