@@ -30,7 +30,10 @@ Modes:
       ~/resnet_jax on every worker with a copy of this checkout (its non-hidden top-level
       entries, except build, dist, *.egg-info and virtual environments) and installs it there
       with pip install -e . 'jax[tpu]'. CONFIG is a path relative to the repository root.
-      WORKDIR must start with gs:// (storage all workers share).
+      WORKDIR must start with gs:// (storage all workers share). The workers share one XLA
+      compilation cache, gs://BUCKET/xla_cache, so that a restart loads the compiled steps on
+      every host (JAX writes entries from host 0 only), unless a FLAG sets
+      --config.compilation_cache_dir.
 
 Options (before MODE or right after it):
   -n, --dry-run        print the commands, shell-quoted, one per line, and run nothing
@@ -135,6 +138,8 @@ case $mode in
       exit 2
     fi
     config=${config#"$here"/}  # The workers see the checkout at another path.
+    bucket=${workdir#gs://}
+    bucket=${bucket%%/*}
     gcloud_flags=(--zone="$zone" --worker=all)
     if [[ -n $project ]]; then gcloud_flags+=(--project="$project"); fi
 
@@ -152,8 +157,12 @@ case $mode in
       run gcloud compute tpus tpu-vm ssh "$tpu" "${gcloud_flags[@]}" \
         --command="cd ~/$remote_dir && python3 -m pip install -q -e . 'jax[tpu]'"
     fi
+    cache=("--config.compilation_cache_dir=gs://$bucket/xla_cache")
+    for arg in "$@"; do
+      if [[ $arg == --config.compilation_cache_dir=* ]]; then cache=(); fi
+    done
     main_command=$(quote_all python3 -m resnet_jax.main --multihost --config="$config" \
-      --workdir="$workdir" "$@")
+      --workdir="$workdir" "${cache[@]}" "$@")
     run gcloud compute tpus tpu-vm ssh "$tpu" "${gcloud_flags[@]}" \
       --command="cd ~/$remote_dir && $main_command"
     ;;

@@ -95,7 +95,8 @@ def test_tpu_vm_dry_run_prints_setup_and_run_commands_and_runs_nothing(tmp_path)
       'cd', '~/resnet_jax', '&&', 'python3', '-m', 'pip', 'install', '-q', '-e', '.', 'jax[tpu]']
   assert remote_command(run) == [
       'cd', '~/resnet_jax', '&&', 'python3', '-m', 'resnet_jax.main', '--multihost',
-      f'--config={CONFIG}', '--workdir=gs://bucket/run 1', '--mode=eval', NASTY]
+      f'--config={CONFIG}', '--workdir=gs://bucket/run 1',
+      '--config.compilation_cache_dir=gs://bucket/xla_cache', '--mode=eval', NASTY]
 
 
 def test_tpu_vm_no_setup_and_project(tmp_path):
@@ -154,3 +155,12 @@ def test_shellcheck_is_clean():
   result = subprocess.run([installed_tool('shellcheck'), str(LAUNCH)], capture_output=True,
                           text=True, timeout=30)
   assert result.returncode == 0, result.stdout
+
+
+def test_tpu_vm_workers_share_a_compilation_cache_unless_a_flag_sets_one(tmp_path):
+  own = '--config.compilation_cache_dir=gs://other/cache'
+  for extra, expected in (((), '--config.compilation_cache_dir=gs://bucket/xla_cache'),
+                          ((own,), own)):
+    printed = launch('--dry-run', 'tpu-vm', *TPU_ARGS, *extra, tmp_path=tmp_path).stdout
+    run = remote_command(shlex.split(printed.splitlines()[-1]))
+    assert [a for a in run if a.startswith('--config.compilation_cache_dir')] == [expected]
