@@ -143,6 +143,7 @@ class Experiment:
   eval_key: Any  # The fixed 'fmp' key of every evaluation (eval_step).
   preprocessing: data.Preprocessing  # Fitted on the training split or loaded.
   pre_arrays: Any  # Its arrays, on the devices: the 'pre' argument of both steps.
+  shapes: dict  # {'params', 'batch_stats'} as jax.ShapeDtypeStruct: the model traced once.
 
 
 def setup(config, *, train: bool = True, workdir: str | None = None) -> Experiment:
@@ -175,7 +176,7 @@ def setup(config, *, train: bool = True, workdir: str | None = None) -> Experime
   init = functools.partial(steps.create_train_state, model, tx, image_shape=image_shape,
                            ema=config.ema_decay > 0)
   try:  # Shapes only: a model that cannot take this input fails here, before compiling.
-    jax.eval_shape(init, root)
+    shapes = jax.eval_shape(init, root)
   except Exception as e:
     raise ValueError(
         f'model {config.model.name} cannot take {image_shape} images (config.dataset.image_size='
@@ -199,7 +200,8 @@ def setup(config, *, train: bool = True, workdir: str | None = None) -> Experime
   return Experiment(parallel, model, train_split, eval_split, d.eval_split, image_shape,
                     steps_per_epoch, total_steps, periods, build_schedule(config, steps_per_epoch),
                     step_fn, p_train, p_eval, eval_batches, state, jax.random.fold_in(root, EVAL),
-                    preprocessing, pre_arrays)
+                    preprocessing, pre_arrays,
+                    {'params': shapes.params, 'batch_stats': shapes.batch_stats})
 
 
 def evaluate(exp: Experiment, state=None, p_eval: Callable | None = None) -> dict:
@@ -370,8 +372,8 @@ def _train_and_evaluate(config, workdir: str, stop_at_step: int | None, changes:
     writer = metrics.MetricWriter(workdir)
     writer.write_config(config)
     overview = metrics.parameter_overview(  # The model as it is built, before any step.
-        abstract_variables(exp.model, exp.image_shape)['params'],
-        forward_flops(exp.model, exp.image_shape, compiled=False))
+        exp.shapes['params'], forward_flops(exp.model, exp.image_shape, compiled=False,
+                                            variables=exp.shapes))
     logging.info('Parameters of %s:\n%s', config.model.name, overview)
     writer.write_text('parameters', overview)
     state, step, last_eval, _ = loop(

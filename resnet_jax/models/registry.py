@@ -179,15 +179,17 @@ def abstract_variables(model: nn.Module, image_shape: tuple[int, ...]) -> dict:
 
 
 def forward_flops(model: nn.Module, input_shape: tuple[int, ...], *, batch: int = 1,
-                  compiled: bool = True) -> float | None:
+                  compiled: bool = True, variables: dict | None = None) -> float | None:
   """FLOPs of `model`'s eval-mode forward pass on `batch` [H, W, C] images, from XLA's cost
   analysis of the jitted apply on abstract variables: no weights made, nothing run.
 
   `compiled=False` reads the lowered program's analysis, before optimization: cheap, for nets
   XLA takes minutes to compile unrolled (on cifar_resnet110 it reads 5% below the compiled
-  count). None when the backend reports no FLOPs.
+  count). None when the backend reports no FLOPs. `variables`: the model's abstract variables
+  when the caller has them (tracing a deep net takes a while), else traced here.
   """
-  variables = abstract_variables(model, input_shape)
+  if variables is None:
+    variables = abstract_variables(model, input_shape)
   x = jax.ShapeDtypeStruct((batch, *input_shape), jnp.float32)
   # Fractional max pooling nets draw their pooling regions from the `fmp` stream, at eval too.
   apply = functools.partial(model.apply, train=False, rngs={'fmp': jax.random.key(0)})
