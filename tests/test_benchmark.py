@@ -223,11 +223,12 @@ def test_accelerator_installs_what_is_missing_from_the_carried_wheels(tmp_path, 
   with pytest.raises(SystemExit, match='--download-wheels'):
     accelerator.install_missing(str(tmp_path))  # No wheels there.
   _wheel(str(tmp_path), 'carried_probe', 'carried_probe')
-  path = list(sys.path)
+  path, site = list(sys.path), str(tmp_path / 'site')  # A folder, not this environment.
   try:
-    assert accelerator.install_missing(str(tmp_path)) == ['carried_probe']
+    assert accelerator.install_missing(str(tmp_path), target=site) == ['carried_probe']
     assert importlib.import_module('carried_probe').VALUE == 42
-    assert accelerator.install_missing(str(tmp_path)) == []  # Now present: nothing to do.
+    assert os.path.exists(os.path.join(site, 'carried_probe.py'))
+    assert accelerator.install_missing(str(tmp_path), target=site) == []  # Present now.
   finally:
     sys.path[:] = path
     sys.modules.pop('carried_probe', None)

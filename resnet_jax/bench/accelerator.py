@@ -14,11 +14,12 @@ It prints one table and writes it as DIR/accelerator.json:
   - for each of our rows the achieved TFLOP/s (XLA's FLOPs of the compiled step / its time) and
     its share of the device's bf16 (or fp32) matmul peak, measured first on the same device.
 
-A GPU machine that lacks this package's pure-data dependencies (grain, array-record,
+A GPU machine that lacks this package's data and config dependencies (grain, array-record,
 ml-collections, portpicker, tensorboardX: not in the accelerator image) gets them from wheels
-carried in the working tree: `--download-wheels .whl` here fetches them for Python 3.12 on
-manylinux x86-64 (their versions are this environment's); `--wheels .whl` there installs those
-that are missing into a temporary folder before anything imports them. Nothing is fetched there.
+carried in the working tree: `--download-wheels .whl` here fetches them, with what they need, for
+Python 3.12 on manylinux x86-64 (their versions are this environment's; about 22 MB);
+`--wheels .whl` there pip-installs those that are missing from that folder alone, taking only
+what the image lacks, before anything imports them. Nothing is fetched there.
 
 `--tiny` runs every kind of row at toy sizes (a few 32x32 images, two steps, one on-device
 batch size, torch.compile with its 'eager' backend, which traces with dynamo but skips
@@ -34,7 +35,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 
 # (distribution, module) the benchmark imports that the accelerator image lacks.
@@ -48,40 +48,41 @@ PLATFORMS = ('manylinux_2_28_x86_64', 'manylinux_2_27_x86_64', 'manylinux_2_17_x
 
 
 def download_wheels(folder: str) -> list[str]:
-  """pip-downloads this environment's versions of CARRIED for the accelerator image into
-  `folder`; returns the wheel files."""
+  """pip-downloads this environment's versions of CARRIED, with what they need, as wheels for
+  the accelerator image (Python 3.12, manylinux x86-64) into `folder`; returns the files."""
   from importlib import metadata
   os.makedirs(folder, exist_ok=True)
   pins = [f'{dist}=={metadata.version(dist)}' for dist, _ in CARRIED]
-  command = [sys.executable, '-m', 'pip', 'download', '--no-deps', '--only-binary=:all:',
-             '--python-version', '3.12', '--implementation', 'cp', '-d', folder, *pins]
-  for platform in PLATFORMS:
-    command[7:7] = ['--platform', platform]
-  subprocess.run(command, check=True)
+  platforms = [flag for platform in PLATFORMS for flag in ('--platform', platform)]
+  subprocess.run([sys.executable, '-m', 'pip', 'download', '--only-binary=:all:',
+                  '--python-version', '3.12', '--implementation', 'cp', *platforms, '-d', folder,
+                  *pins], check=True)
   return sorted(f for f in os.listdir(folder) if f.endswith('.whl'))
 
 
-def install_missing(wheels: str) -> list[str]:
-  """Installs the wheels of `wheels` into a temporary folder put first on sys.path, when a module
-  of CARRIED is missing; returns the missing modules (none: nothing done)."""
-  missing = [module for _, module in CARRIED if importlib.util.find_spec(module) is None]
+def install_missing(wheels: str, target: str | None = None) -> list[str]:
+  """pip-installs the distributions of CARRIED whose module is missing, from the wheels in
+  `wheels` alone (no index), into this environment (or `target`); pip takes from the folder only
+  what the environment lacks. Returns the modules that were missing (none: nothing done)."""
+  missing = [(dist, module) for dist, module in CARRIED
+             if importlib.util.find_spec(module) is None]
   if not missing:
     return []
-  files = sorted(os.path.join(wheels, f) for f in os.listdir(wheels) if f.endswith('.whl')) \
-      if wheels and os.path.isdir(wheels) else []
-  if not files:
-    raise SystemExit(f'missing {missing} and no wheels to install them from (--wheels '
+  names = [module for _, module in missing]
+  if not (wheels and os.path.isdir(wheels)
+          and any(f.endswith('.whl') for f in os.listdir(wheels))):
+    raise SystemExit(f'missing {names} and no wheels to install them from (--wheels '
                      f'{wheels or "not given"}): run `python -m resnet_jax.bench.accelerator '
                      '--download-wheels .whl` where pip reaches PyPI and carry .whl')
-  target = tempfile.mkdtemp(prefix='resnet_jax_site_')
-  subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', '--no-index', '--no-deps',
-                  '--no-compile', '--target', target, *files], check=True)
-  sys.path.insert(0, target)
+  where = ['--target', target] if target else []
+  subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', '--no-index', '--find-links',
+                  wheels, *where, *(dist for dist, _ in missing)], check=True)
+  if target:
+    sys.path.insert(0, target)
   importlib.invalidate_caches()
-  still = [module for _, module in CARRIED if importlib.util.find_spec(module) is None]
-  if still:
-    raise SystemExit(f'{still} still missing after installing {files}')
-  return missing
+  for module in names:  # Imported here, so that a wheel short of a dependency fails now.
+    importlib.import_module(module)
+  return names
 
 
 def _ours(timed, seconds: float, batch: int, peak: float) -> dict:
