@@ -70,6 +70,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.stochastic_depth = config_dict.placeholder(float)
   # FMP nets: pooling draws averaged at test; Graham 2014, Sec. 4: 12 or more repetitions.
   c.model.test_draws = config_dict.placeholder(int)
+  # MobileNet v1/v2: the width multiplier (Howard et al. 2017, Sec. 4.2; Sandler et al. 2018).
+  c.model.width = config_dict.placeholder(float)
 
   c.dataset = ml_collections.ConfigDict()
   c.dataset.source = 'digits'  # 'digits' | 'tfds:NAME' | 'folder:PATH'

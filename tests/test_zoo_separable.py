@@ -1,6 +1,6 @@
-"""Xception and MobileNet v1: the width multiplier's counts, and the logits of their timm twins
-(random weights, randomised BatchNorms) imported by name. The registered nets' parameter counts
-are declared at registration and checked in test_models."""
+"""Xception and MobileNet v1 and v2: the width multiplier's counts, and the logits of their timm
+and torchvision twins (random weights, randomised BatchNorms) imported by name. The registered
+nets' parameter counts are declared at registration and checked in test_models."""
 import jax
 import numpy as np
 import pytest
@@ -80,3 +80,24 @@ def test_mobilenet_v1_matches_timm_in_training():
   """
   _assert_close(*_outputs('mobilenet_v1', random_twin('mobilenet_v1'), MOBILENET_SIZES[1],
                           train=True))
+
+
+@pytest.mark.parametrize('width,count', [(0.35, 1_677_128), (0.5, 1_968_680), (0.75, 2_636_424),
+                                         (1.4, 6_108_776)])
+def test_mobilenet_v2_width_counts_are_torchvisions(width, count):
+  # torchvision.models.mobilenet_v2(width_mult=width): below 1 the last conv keeps 1280 channels.
+  assert count_params('mobilenet_v2', width=width) == count
+
+
+@pytest.mark.parametrize('size', MOBILENET_SIZES)
+def test_mobilenet_v2_matches_torchvision(size):
+  _assert_close(*_outputs('mobilenet_v2', random_twin('mobilenet_v2'), size))
+
+
+def test_mobilenet_v2_width_0_5_matches_torchvision_in_training():
+  """Training-mode BN (batch statistics), the shortcuts and a width that rounds (0.5 * 24 = 12
+  -> 16 channels) at once."""
+  twin = random_twin('mobilenet_v2', width_mult=0.5, dropout=0.0)  # Dropout draws differ.
+  ours, theirs = _outputs('mobilenet_v2', twin, MOBILENET_SIZES[1], train=True, width=0.5,
+                          dropout_rate=0.0)
+  _assert_close(ours, theirs)

@@ -15,6 +15,13 @@ first block of each stage downsampling), `classifier`. As there: no convolution 
 side (PyTorch style; TF-slim pads 'SAME', i.e. (0, 1) for stride 2 at even sizes), no shortcuts,
 and channel counts `width * c` rounded to a multiple of 8 (never more than 10% down), the stem
 included. For the paper's widths 1, 0.75, 0.5, 0.25 the rounding changes nothing.
+
+MobileNet v2 (Sandler, Howard, Zhu, Zhmoginov & Chen 2018, "MobileNetV2: Inverted Residuals and
+Linear Bottlenecks", Table 2): a 3x3/2 stem of 32, then 17 inverted residual blocks (1x1
+expansion by t + BN + ReLU6, 3x3 depthwise + BN + ReLU6, 1x1 linear projection + BN, with an
+identity shortcut where stride and channels allow: Fig. 4d), a 1x1 conv to 1280, global average
+pooling and a classifier. Layout and names follow torchvision's `mobilenet_v2` (`features.0`,
+`features.N.conv.M`, `features.18`, `classifier.1`), so its state dicts import by name.
 """
 from __future__ import annotations
 
@@ -120,6 +127,92 @@ class MobileNetV1(nn.Module):
     return x.astype(jnp.float32)
 
 
+# Sandler et al. 2018, Table 2: (expansion t, output channels c, repeats n, first stride s).
+V2_BLOCKS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+             (6, 160, 3, 2), (6, 320, 1, 1))
+V2_LAST_FEATURES = 1280
+
+
+class InvertedResidual(nn.Module):
+  """Sandler et al. 2018, Table 1 and Fig. 4d: 1x1 expansion to `expansion` times the input
+  channels + BN + act (left out when `expansion` is 1), 3x3 depthwise (stride `strides`) + BN +
+  act, 1x1 linear projection + BN (no activation: the linear bottleneck of Sec. 3.2), and an
+  identity shortcut when the stride is 1 and the channels stay. Names as torchvision's `conv.M`."""
+
+  features: int
+  strides: int
+  expansion: int
+  conv: Any
+  norm: Any
+  act: Callable[[jax.Array], jax.Array]
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    channels = x.shape[-1]
+    hidden = channels * self.expansion
+    y, m = x, 0
+    if self.expansion != 1:
+      y = _conv(self.conv, hidden, 1, 1, 1, 'conv.0.0')(y)
+      y = self.act(self.norm(name='conv.0.1')(y))
+      m = 1
+    y = _conv(self.conv, hidden, 3, self.strides, hidden, f'conv.{m}.0')(y)
+    y = self.act(self.norm(name=f'conv.{m}.1')(y))
+    y = _conv(self.conv, self.features, 1, 1, 1, f'conv.{m + 1}')(y)
+    y = self.norm(name=f'conv.{m + 2}')(y)
+    return x + y if self.strides == 1 and channels == self.features else y
+
+
+class MobileNetV2(nn.Module):
+  """MobileNet v2 in torchvision's `mobilenet_v2` layout, at any input size.
+
+  Arguments:
+    width: the width multiplier (Sec. 6.1) of every layer, rounded as `round_channels`
+      (torchvision's _make_divisible); the last 1x1 conv keeps 1280 below width 1 (Sec. 6.1: "for
+      multipliers less than one, we apply width multiplier to all layers except the very last").
+    dropout_rate: before the classifier; 0.2 as torchvision (the paper does not state one).
+    act: a name in layers.ACTIVATIONS; 'relu6' as the paper (Sec. 3.4).
+    bn_axis_name / bn_momentum / bn_epsilon: BatchNorm settings (flax momentum; eps 1e-5 as
+      torchvision).
+  Initialization is torchvision's: convolutions Kaiming normal with fan-out (a depthwise kernel's
+  fan-out is k * k * channels, as torch counts it), BN at 1 and 0, the classifier N(0, 0.01)
+  with zero bias.
+  """
+
+  num_classes: int
+  dtype: Any = jnp.float32
+  width: float = 1.0
+  dropout_rate: float = 0.2
+  act: str = 'relu6'
+  bn_axis_name: str | None = None
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    act = layers.get_activation(self.act)
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
+                             kernel_init=layers.get_kernel_init('kaiming'))
+    norm = functools.partial(layers.make_norm, 'batch', train=train, dtype=self.dtype,
+                             axis_name=self.bn_axis_name, momentum=self.bn_momentum,
+                             epsilon=self.bn_epsilon)
+    x = _conv(conv, round_channels(STEM_FEATURES * self.width), 3, 2, 1, 'features.0.0')(x)
+    x = act(norm(name='features.0.1')(x))
+    index = 1
+    for expansion, channels, repeats, strides in V2_BLOCKS:
+      for r in range(repeats):
+        x = InvertedResidual(round_channels(channels * self.width), strides if r == 0 else 1,
+                             expansion, conv, norm, act, name=f'features.{index}')(x)
+        index += 1
+    last = round_channels(V2_LAST_FEATURES * max(1.0, self.width))
+    x = _conv(conv, last, 1, 1, 1, f'features.{index}.0')(x)
+    x = act(norm(name=f'features.{index}.1')(x))
+    x = jnp.mean(x, axis=(1, 2))
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32,
+                 kernel_init=nn.initializers.normal(0.01), name='classifier.1')(x)
+    return x.astype(jnp.float32)
+
+
 # Howard et al. 2017, Sec. 5: ImageNet at 224x224, 1000 classes; Table 6: widths 1, 0.75, 0.5,
 # 0.25 (4.2M, 2.6M, 1.3M, 0.5M parameters). Width 1 is timm's mobilenetv1_100, 4,231,976 of
 # them; timm has no twin of the narrower nets (alpha * c is already a multiple of 8 for every
@@ -130,3 +223,7 @@ register('mobilenet_v1', MobileNetV1, **_IMAGENET, torch_twin='timm mobilenetv1_
 register('mobilenet_v1_075', MobileNetV1, **_IMAGENET, paper_params=2_600_000, width=0.75)
 register('mobilenet_v1_050', MobileNetV1, **_IMAGENET, paper_params=1_300_000, width=0.5)
 register('mobilenet_v1_025', MobileNetV1, **_IMAGENET, paper_params=500_000, width=0.25)
+# Sandler et al. 2018, Sec. 6.1: ImageNet at 224x224, 1000 classes; Table 4 gives 3.4M parameters,
+# torchvision's twin (the same layers) 3,504,872.
+register('mobilenet_v2', MobileNetV2, **{**_IMAGENET, 'classifier': 'classifier.1'},
+         torch_twin='torchvision mobilenet_v2', paper_params=3_504_872)
