@@ -36,7 +36,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.name = 'lenet5'  # A registered model (resnet_jax.models.list_models()).
   c.model.sync_bn = False  # True: BatchNorm statistics over the global batch (cross-replica).
   # Overrides passed to create_model when set; unset means the registered model's default.
-  # layers.ACTIVATIONS name, or 'leaky_relu:0.2' (Maas et al. 2013); 'selu': Klambauer et al. 2017.
+  # layers.ACTIVATIONS name, or 'leaky_relu:0.2' (Maas et al. 2013); 'selu': Klambauer et al. 2017;
+  # 'prelu' / 'prelu_shared': learned slopes (He et al. 2015b).
   c.model.act = config_dict.placeholder(str)
   # The models' kernel_init: layers.KERNEL_INITS name or 'normal:STD'; 'xavier_normal' (Glorot &
   # Bengio 2010), 'kaiming_in' (He et al. 2015b, Sec. 2.2). Unset with act=selu: 'lecun'.

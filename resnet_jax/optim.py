@@ -33,6 +33,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from resnet_jax.models.layers import PRELU_PARAM
+
 OPTIMIZERS = ('sgd', 'adam', 'adamw', 'rmsprop', 'lars', 'lamb')
 DECAY_STYLES = ('l2', 'loss', 'decoupled')
 SCHEDULES = ('constant', 'step', 'multistep', 'exponential', 'cosine', 'cosine_restarts',
@@ -159,9 +161,13 @@ def decay_mask(params, norm_and_bias: bool = False):
   """True for the weights that get weight decay: kernels, not BN scales/offsets or biases.
 
   Excluding them is the "no bias decay" of Goyal et al. 2017 / He et al. 2019 (Bag of Tricks, 3.1);
-  `norm_and_bias=True` decays every parameter (He et al. 2015, torch.optim.SGD's weight_decay).
+  `norm_and_bias=True` decays every parameter (He et al. 2015, torch.optim.SGD's weight_decay)
+  but PReLU slopes, which He et al. 2015b (Sec. 2.1) never decay.
   """
-  return jax.tree.map(lambda p: norm_and_bias or p.ndim > 1, params)
+  def decayed(path, p):
+    return (norm_and_bias or p.ndim > 1) and getattr(path[-1], 'key', None) != PRELU_PARAM
+
+  return jax.tree_util.tree_map_with_path(decayed, params)
 
 
 def decay_style(optimizer) -> str:

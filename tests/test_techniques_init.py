@@ -62,7 +62,8 @@ def test_activation_constants():
 
 @pytest.mark.parametrize('name, match', [
     ('swishy', r"unknown activation 'swishy'; valid: elu, elu:ALPHA, gelu, leaky_relu, "
-               r'leaky_relu:SLOPE, relu, relu6, selu, sigmoid, silu, swish, tanh$'),
+               r'leaky_relu:SLOPE, prelu, prelu_shared, relu, relu6, selu, sigmoid, silu, swish, '
+               r'tanh$'),
     ('leaky_relu:abc', 'SLOPE must be a finite number'),
     ('leaky_relu:nan', 'SLOPE must be a finite number'),
     ('tanh:0.2', r'only elu, leaky_relu take an argument.*valid:.*sigmoid'),
@@ -182,6 +183,50 @@ def test_selu_self_normalizes_without_batch_norm():
   relu = train.build_model(_mlp_config(name='mlp_deep', act='relu', init='lecun'), 10)
   _, post = _hidden(relu, x)
   assert post[-1].var() < 1e-6 and abs(post[0].mean()) > 0.3
+
+
+def test_prelu_is_torchs_with_a_slope_per_channel_or_one_per_layer():
+  import torch
+  x = np.random.default_rng(0).standard_normal((2, 5, 5, 3)).astype(np.float32)
+  for shared, slope in ((False, np.array([0.1, -0.3, 0.7], np.float32)),
+                        (True, np.array(0.4, np.float32))):
+    module = layers.PReLU(shared=shared)
+    fresh = module.init(KEY, x)['params']['prelu_slope']
+    assert fresh.shape == slope.shape and np.all(fresh == 0.25)  # He et al. 2015b, Sec. 2.1
+    ours = np.asarray(module.apply({'params': {'prelu_slope': slope}}, x))
+    theirs = torch.nn.functional.prelu(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()),
+                                       torch.from_numpy(slope.reshape(-1))).numpy()
+    np.testing.assert_allclose(ours, theirs.transpose(0, 2, 3, 1), rtol=1e-6, atol=1e-7)
+
+
+def test_prelu_adds_one_parameter_per_channel_of_each_activation():
+  # He et al. 2015b, Sec. 2.1: the extra parameters number the channels (one per layer: shared).
+  base = count_params('lenet5')
+  assert count_params('lenet5', act='prelu') - base == 6 + 16 + 120 + 84  # C1, C3, C5, F6
+  assert count_params('lenet5', act='prelu_shared') - base == 4
+  base = count_params('cifar_resnet20')  # The stem and two per block: 16 + 6 x (16, 32, 64).
+  assert count_params('cifar_resnet20', act='prelu') - base == 16 + 6 * (16 + 32 + 64)
+
+
+def test_prelu_slopes_get_no_weight_decay_and_are_learned(tmp_path):
+  from resnet_jax import load_run, optim
+  model = create_model('lenet5', num_classes=10, act='prelu')
+  params = jax.eval_shape(lambda k: models.initial_variables(model, k, (32, 32, 1)), KEY)['params']
+  for everything in (False, True):  # Not even with decay on BN scales and biases.
+    flat = {'/'.join(k.key for k in path): decayed for path, decayed in
+            jax.tree_util.tree_flatten_with_path(optim.decay_mask(params, everything))[0]}
+    slopes = [name for name in flat if name.endswith('/prelu_slope')]
+    assert len(slopes) == 4 and not any(flat[name] for name in slopes), flat
+    assert flat['c5/kernel']
+  config = base_config()  # LeNet-5 on the digits, 3 epochs.
+  config.model.act, config.num_epochs = 'prelu', 3.0
+  config.optimizer.decay_norm_and_bias = True
+  results = train.train_and_evaluate(config, str(tmp_path))
+  assert results['accuracy'] > 0.9
+  _, variables, _ = load_run(str(tmp_path))
+  learned = np.concatenate([np.ravel(v['prelu_slope']) for k, v in variables['params'].items()
+                            if k.startswith('PReLU')])
+  assert learned.size == 226 and np.abs(learned - 0.25).max() > 1e-3  # Moved by backprop.
 
 
 def _kernel_variance(variables, layer):

@@ -31,6 +31,38 @@ def relu(x: jax.Array) -> jax.Array:
   return jnp.where(x <= 0, jnp.zeros_like(x), x)
 
 
+PRELU_PARAM = 'prelu_slope'  # Never weight-decayed (optim.decay_mask): He et al. 2015b, 2.1.
+
+
+class PReLU(nn.Module):
+  """He et al. 2015b ("Delving Deep into Rectifiers"), Eq. 1: f(y) = y for y > 0, a * y otherwise,
+  with the slope a learned by backpropagation: one per channel (the channel-wise form), or one
+  for the layer (`shared`, the channel-shared variant). a starts at 0.25 (Sec. 2.1) and gets no
+  weight decay ("we do not use weight decay when updating a_i", Sec. 2.1). torch.nn.PReLU's
+  function; its parameter is `prelu_slope`."""
+
+  shared: bool = False
+  initial: float = 0.25
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    shape = () if self.shared else (x.shape[-1],)
+    slope = self.param(PRELU_PARAM, nn.initializers.constant(self.initial), shape, jnp.float32)
+    return jnp.where(x > 0, x, slope.astype(x.dtype) * x)
+
+
+def prelu(x: jax.Array) -> jax.Array:
+  """A channel-wise PReLU with its own slopes, made where it is called: inside a model's
+  compact `__call__` each call site is a new layer (`PReLU_0`, `PReLU_1`, ... of the calling
+  module)."""
+  return PReLU()(x)
+
+
+def prelu_shared(x: jax.Array) -> jax.Array:
+  """`prelu` with one slope per layer (He et al. 2015b, Sec. 2.1, the channel-shared variant)."""
+  return PReLU(shared=True)(x)
+
+
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
   'sigmoid': nn.sigmoid,
   'tanh': jnp.tanh,
@@ -45,6 +77,9 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
   'gelu': functools.partial(nn.gelu, approximate=False),
   'swish': nn.swish,  # Ramachandran et al. 2017, Sec. 4: x * sigmoid(x) (beta = 1), i.e. SiLU
   'silu': nn.silu,
+  # He et al. 2015b: learned negative slopes, per channel or one per layer (parameters: PReLU).
+  'prelu': prelu,
+  'prelu_shared': prelu_shared,
 }
 
 
