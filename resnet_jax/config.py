@@ -119,6 +119,9 @@ def base_config() -> ml_collections.ConfigDict:
   # False: no decay on BatchNorm scales/offsets and biases (Goyal et al. 2017; He et al. 2019,
   # Sec. 3.1); True: on every parameter, as He et al. 2015 and torch.optim.SGD's weight_decay.
   c.optimizer.decay_norm_and_bias = False
+  # L1 penalty l1 * sum |w| in the loss, over the weights weight decay touches (decay_norm_and_bias
+  # included); with weight_decay too, the elastic net (Zou & Hastie 2005).
+  c.optimizer.l1 = 0.0
   # 'l2' (into the gradient) | 'loss' (0.5 wd ||w||^2 in the loss) | 'decoupled' (Loshchilov &
   # Hutter 2019); unset: 'decoupled' for adamw and lamb, 'l2' for the others.
   c.optimizer.decay_style = config_dict.placeholder(str)

@@ -194,6 +194,18 @@ def weight_decay_loss(params, weight_decay: float, norm_and_bias: bool = False) 
   return 0.5 * weight_decay * sum(jnp.sum(jnp.square(p.astype(jnp.float32))) for p in leaves)
 
 
+def l1_loss(params, l1: float, norm_and_bias: bool = False) -> jax.Array:
+  """l1 * sum |w| over the weights weight decay would touch (`decay_mask`): the L1 penalty, whose
+  gradient (a subgradient: 0 at 0) is l1 * sign(w). With weight decay on as well, the two make
+  the elastic net (Zou & Hastie 2005): l1 * |w|_1 + weight_decay / 2 * |w|_2^2."""
+  mask = decay_mask(params, norm_and_bias)
+  leaves = [p for p, decayed in zip(jax.tree.leaves(params), jax.tree.leaves(mask)) if decayed]
+  # |w| as w * sign(w): its gradient is sign(w), 0 at 0 as torch's (jnp.abs's is 1 there, which
+  # would push an exact zero away).
+  return l1 * sum(jnp.sum(p.astype(jnp.float32) * jnp.sign(p.astype(jnp.float32)))
+                  for p in leaves)
+
+
 def create_optimizer(optimizer, learning_rate: optax.ScalarOrSchedule,
                      lr_factor: Callable[[str], float] | None = None
                      ) -> optax.GradientTransformation:
@@ -304,7 +316,7 @@ def check_optimizer_config(optimizer, schedule, freeze: str) -> None:
   if schedule.name not in SCHEDULES:
     raise ValueError(f"config.schedule.name '{schedule.name}' is not one of {SCHEDULES}")
   for field, value in (('clip_norm', optimizer.clip_norm),
-                       ('weight_decay', optimizer.weight_decay)):
+                       ('weight_decay', optimizer.weight_decay), ('l1', optimizer.l1)):
     if value < 0:
       raise ValueError(f'config.optimizer.{field} must be >= 0, got {value}')
   if not 0 <= schedule.pct_start <= 1:

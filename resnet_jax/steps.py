@@ -123,7 +123,7 @@ def soft_targets(labels: jax.Array, num_classes: int, label_smoothing: float = 0
 def train_step(state: TrainState, batch: dict, key: jax.Array, pre: dict | None = None, *,
                dtype, mean=None, std=None, label_smoothing: float = 0.0,
                skip_nonfinite: bool = False, aux_weight: float = 0.0, grad_accum_steps: int = 1,
-               ema_decay: float = 0.0, loss_weight_decay: float = 0.0,
+               ema_decay: float = 0.0, loss_weight_decay: float = 0.0, l1: float = 0.0,
                decay_norm_and_bias: bool = False, mixup_alpha: float = 0.0,
                cutmix_alpha: float = 0.0, mix_prob: float = 1.0, mix_switch_prob: float = 0.5,
                frozen_modules: frozenset[str] = frozenset()):
@@ -146,6 +146,8 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, pre: dict | None 
   - `loss_weight_decay` > 0 (decay_style 'loss'): 0.5 * wd * ||w||^2 joins the loss; the metric
     `decay_loss` reports it, `loss` stays the data loss. The sum runs over the conv/dense kernels,
     and also over BN scales/offsets and biases when `decay_norm_and_bias` (optim.decay_mask).
+  - `l1` > 0: l1 * |w|_1 over the same weights joins the loss (optim.l1_loss; the metric
+    `l1_loss`), whatever the decay style: with weight decay, the elastic net.
   - `ema_decay` > 0: after the update, ema = decay * ema + (1 - decay) * new, for the params and
     the BN statistics.
   - `frozen_modules` (optim.frozen_modules): their BatchNorm layers run on, and keep, their
@@ -184,6 +186,9 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, pre: dict | None 
       metrics['decay_loss'] = optim.weight_decay_loss(params, loss_weight_decay,
                                                         decay_norm_and_bias)
       loss = loss + metrics['decay_loss']
+    if l1:
+      metrics['l1_loss'] = optim.l1_loss(params, l1, decay_norm_and_bias)
+      loss = loss + metrics['l1_loss']
     return loss, (updates.get('batch_stats', {}), metrics)
 
   grad_fn = jax.grad(loss_fn, has_aux=True)

@@ -97,7 +97,7 @@ def train_step_options(config, model, groups=None) -> dict:
   return dict(label_smoothing=config.label_smoothing, skip_nonfinite=config.skip_nonfinite,
               aux_weight=getattr(model, 'AUX_WEIGHT', 0.0),
               grad_accum_steps=config.grad_accum_steps, ema_decay=config.ema_decay,
-              loss_weight_decay=optim.loss_weight_decay(config.optimizer),
+              loss_weight_decay=optim.loss_weight_decay(config.optimizer), l1=config.optimizer.l1,
               decay_norm_and_bias=config.optimizer.decay_norm_and_bias,
               mixup_alpha=config.mixup_alpha, cutmix_alpha=config.cutmix_alpha,
               mix_prob=config.mix_prob, mix_switch_prob=config.mix_switch_prob,

@@ -201,6 +201,44 @@ def test_loss_and_l2_decay_styles_give_the_same_sgd_update():
   assert min(jax.tree.leaves(moved)) > 1e-4
 
 
+def test_l1_penalty_gradient_is_l1_sign_w_on_the_decayed_weights():
+  params = make_params()
+  params['conv']['kernel'][0, 0, 0, 0] = 0.0  # The subgradient at 0 is 0.
+  for everything in (False, True):
+    value, grads = jax.value_and_grad(optim.l1_loss)(params, 0.01, everything)
+    decayed = optim.decay_mask(params, everything)
+    expected = jax.tree.map(lambda p, d: 0.01 * np.sign(p) * d, params, decayed)
+    jax.tree.map(lambda g, e: np.testing.assert_allclose(g, e, rtol=1e-6), grads, expected)
+    total = sum(float(np.abs(p).sum()) for p, d in
+                zip(jax.tree.leaves(params), jax.tree.leaves(decayed)) if d)
+    np.testing.assert_allclose(value, 0.01 * total, rtol=1e-6)
+  assert float(grads['conv']['bias'][0]) != 0 and float(grads['conv']['kernel'][0, 0, 0, 0]) == 0
+
+
+def test_elastic_net_step_adds_lr_l1_sign_w_to_the_l2_update():
+  """Plain SGD, one step from the same state and batch, weight decay 0.05 on both: with l1 the
+  update of every kernel moves by -lr * l1 * sign(w) more (elastic net), biases as without."""
+  from test_train import digits_batch
+  batch = digits_batch(32, 32)
+  parallel = DataParallel('shard_map')
+  config = make_config(**{'optimizer.momentum': 0.0, 'optimizer.weight_decay': 0.05})
+  model = train.build_model(config, 10)
+  state = parallel.replicate(steps.create_train_state(
+      model, train.build_optimizer(config, 10), jax.random.PRNGKey(0), (32, 32, 1)))
+  initial = jax.device_get(state.params)
+  new = {}
+  for l1 in (0.0, 0.02):
+    step = parallel.map(functools.partial(steps.train_step, mean=(50.0,), std=(90.0,),
+                                          dtype=jnp.float32, l1=l1), ('state', 'batch', 'const'))
+    moved, metrics = step(state, parallel.shard_batch(batch), jax.random.PRNGKey(1))
+    new[l1] = jax.device_get(moved.params)
+  kernels = [p for p in jax.tree.leaves(initial) if p.ndim > 1]
+  np.testing.assert_allclose(metrics['l1_loss'],
+                             0.02 * sum(float(np.abs(k).sum()) for k in kernels), rtol=1e-5)
+  jax.tree.map(lambda w, a, b: np.testing.assert_allclose(
+      b - a, -0.1 * 0.02 * np.sign(w) * (w.ndim > 1), atol=2e-7), initial, new[0.0], new[0.02])
+
+
 def test_unknown_names_are_errors_listing_the_valid_ones():
   with pytest.raises(ValueError, match=r"config.optimizer.name 'adagrad' is not one of .*'lamb'"):
     train.build_optimizer(make_config(**{'optimizer.name': 'adagrad'}), 10)
