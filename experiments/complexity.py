@@ -6,7 +6,9 @@ For each model: parameters, GFLOPs of one image's forward pass from XLA's cost a
 compiled program, batch-1 latency and batched throughput of the jitted forward pass on the current
 device (resnet_jax.benchmark's timing), and the top-1 accuracy reported for it
 (experiments/configs/complexity.py). Writes DIR/complexity.csv and DIR/complexity.png: top-1
-versus GFLOPs with bubbles sized by parameters, and latency versus GFLOPs.
+versus GFLOPs with bubbles sized by parameters, and latency versus GFLOPs. The five nets of the
+architecture history's latency table (resnet18, alexnet, vgg16, squeezenet1_0, mobilenet_v1)
+get its Titan Xp figure beside ours (`titan_xp_ms`), printed as a second table.
 """
 from __future__ import annotations
 
@@ -30,8 +32,8 @@ _BUDGET = flags.DEFINE_enum('budget', 'cpu', ['cpu', 'full'],
 _MODELS = flags.DEFINE_list('models', [], 'Registered ImageNet models (default: all of them).')
 _BATCH = flags.DEFINE_integer('throughput_batch', 0, 'Override the budget\'s batch (0: keep).')
 
-FIELDS = ['model', 'params', 'gflops', 'latency_ms', 'batch', 'images_per_sec', 'top1',
-          'top1_source', 'device']
+FIELDS = ['model', 'params', 'gflops', 'latency_ms', 'titan_xp_ms', 'batch', 'images_per_sec',
+          'top1', 'top1_source', 'device']
 
 
 def imagenet_models() -> list[str]:
@@ -47,7 +49,8 @@ def measure(name: str, config) -> dict:
   batched = step_row(name, **config.throughput, **timing)
   top1, source = complexity_config.REPORTED_TOP1.get(name, (None, ''))
   return {'model': name, 'params': single['params'], 'gflops': single['flops_per_step'] / 1e9,
-          'latency_ms': 1e3 / single['steps_per_sec'], 'batch': batched['batch'],
+          'latency_ms': 1e3 / single['steps_per_sec'],
+          'titan_xp_ms': complexity_config.HISTORY_LATENCY_MS.get(name), 'batch': batched['batch'],
           'images_per_sec': batched['images_per_sec'], 'top1': top1, 'top1_source': source,
           'device': single['device']}
 
@@ -107,6 +110,13 @@ def main(argv) -> None:
     top1 = f"{r['top1']:.1f}" if r['top1'] is not None else ''
     print(f"{r['model']:20s} {r['params']:12,d} {r['gflops']:8.3f} {r['latency_ms']:8.1f} "
           f"{r['images_per_sec']:8.1f} {top1:>6s}")
+  history = [r for r in rows if r['titan_xp_ms'] is not None]
+  if history:
+    print(f"\nbatch-1 latency, ms: ours on {history[0]['device']} beside the architecture "
+          "history's Titan Xp")
+    print(f"{'model':20s} {'ours':>8s} {'Titan Xp':>8s}")
+    for r in history:
+      print(f"{r['model']:20s} {r['latency_ms']:8.1f} {r['titan_xp_ms']:8.1f}")
 
 
 if __name__ == '__main__':

@@ -69,17 +69,22 @@ def test_degradation_writes_each_nets_error_curves(tmp_path, cifar_folder):
 
 def test_complexity_measures_each_model_and_draws_the_bubble_chart(tmp_path):
   done = subprocess.run([sys.executable, 'experiments/complexity.py', f'--workdir={tmp_path}',
-                         '--models=squeezenet1_1', '--throughput_batch=2'],
+                         '--models=squeezenet1_1,alexnet', '--throughput_batch=2'],
                         cwd=REPO, capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stderr[-2000:]
   with open(tmp_path / 'complexity.csv') as f:
-    (row,) = list(csv.DictReader(f))
+    row, alexnet = list(csv.DictReader(f))
   assert int(row['params']) == 1_235_496  # torchvision squeezenet1_1.
   # torchvision's 0.35 GMACs: XLA counts a multiply-add as 2 FLOPs, plus ReLUs and pooling.
   assert 0.65 < float(row['gflops']) < 0.75
   assert float(row['latency_ms']) > 0 and float(row['images_per_sec']) > 0
   assert int(row['batch']) == 2 and float(row['top1']) == 58.178
   assert (tmp_path / 'complexity.png').stat().st_size > 20_000
+  # AlexNet is in the architecture history's latency table (Titan Xp, 1.0 ms); squeezenet1_1 not.
+  assert row['titan_xp_ms'] == '' and float(alexnet['titan_xp_ms']) == 1.0
+  (line,) = [ln for ln in done.stdout.splitlines() if ln.startswith('alexnet') and '1.0' in ln
+             and len(ln.split()) == 3]
+  assert float(line.split()[1]) == pytest.approx(float(alexnet['latency_ms']), abs=0.06)
 
 
 def test_complexity_rejects_a_model_that_is_not_an_imagenet_one(tmp_path):

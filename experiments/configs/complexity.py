@@ -20,6 +20,7 @@ REPORTED_TOP1 = {
     'mobilenet_v1_075': (68.4, 'Howard et al. 2017, Table 6'),
     'mobilenet_v1_050': (63.7, 'Howard et al. 2017, Table 6'),
     'mobilenet_v1_025': (50.6, 'Howard et al. 2017, Table 6'),
+    'mobilenet_v2': (71.878, TORCHVISION),
     'squeezenet1_0': (58.092, TORCHVISION),
     'squeezenet1_1': (58.178, TORCHVISION),
     'resnet18': (69.758, TORCHVISION),
@@ -36,6 +37,11 @@ REPORTED_TOP1 = {
     'vgg19': (72.376, TORCHVISION),
     'vgg19_bn': (74.218, TORCHVISION),
 }
+
+# The course notes' architecture history: batch-1 inference latency of five nets on an NVIDIA
+# Titan Xp, in ms, as its table prints them (SqueezeNet as v1.0, MobileNet as v1).
+HISTORY_LATENCY_MS = {'resnet18': 2.9, 'alexnet': 1.0, 'vgg16': 1.7, 'squeezenet1_0': 2.7,
+                      'mobilenet_v1': 33.3}
 
 
 def get_config(budget: str = 'cpu'):
