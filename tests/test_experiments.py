@@ -24,6 +24,18 @@ def test_init_study_shows_the_notes_collapse_and_kaiming_keeping_the_signal(tmp_
   assert 0.7 < std['relu', 'kaiming_in', 10] / std['relu', 'kaiming_in', 1] < 1.4
   assert std['relu', 'xavier_normal', 10] / std['relu', 'xavier_normal', 1] < 0.1
   assert (tmp_path / 'init_study.png').stat().st_size > 20_000
+  # All-zero weights: after 200 SGD steps every hidden unit still equals its neighbours (only the
+  # output biases learn: the loss stays near log 10); small random weights break the symmetry
+  # (and, through 6 tanh layers, learn slowly); Xavier's learn the labelling.
+  with open(tmp_path / 'init_symmetry.csv') as f:
+    rows = list(csv.DictReader(f))
+  spread = {(r['init'], int(r['layer'])): float(r['spread']) for r in rows}
+  loss = {r['init']: (float(r['loss_start']), float(r['loss_end'])) for r in rows}
+  assert len(rows) == 4 * 6 and all(spread['zeros', layer] == 0 for layer in range(1, 7))
+  assert all(spread[init, layer] > 1e-2 for layer in range(1, 7)
+             for init in ('normal:0.01', 'normal:0.05'))
+  assert loss['zeros'][1] > 2.2 and loss['xavier_normal'][1] < 0.5
+  assert loss['normal:0.05'][1] < loss['normal:0.05'][0] - 0.03
 
 
 def test_activation_comparison_trains_each_and_writes_the_table(tmp_path, mnist_folder):

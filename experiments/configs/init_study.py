@@ -3,6 +3,10 @@
 Unit-Gaussian inputs through `depth` fully connected layers of `width` units (the notes: 10 layers
 of 500), for each activation and each initialization; nothing is trained, so the CPU budget is the
 full study.
+
+`symmetry`: the notes' pitfall of all-zero weights beside small random ones (std 0.01, 0.05) and
+Xavier's: a 6-layer tanh MLP trained with SGD on a learnable labelling of Gaussian inputs, after
+which every unit of a zero-initialised layer still has the same weights as its neighbours.
 """
 import ml_collections
 
@@ -18,4 +22,7 @@ def get_config(budget: str = 'full'):
   # The notes' small random numbers (std 0.01 and 0.05), Glorot & Bengio 2010, He et al. 2015b.
   c.inits = ('normal:0.01', 'normal:0.05', 'xavier_normal', 'kaiming_in')
   c.bins = 40
+  c.symmetry = ml_collections.ConfigDict(dict(
+      depth=6, width=100, inputs=64, examples=512, steps=200, learning_rate=0.1, act='tanh',
+      inits=('zeros', 'normal:0.01', 'normal:0.05', 'xavier_normal')))
   return c

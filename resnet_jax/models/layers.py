@@ -114,6 +114,9 @@ KERNEL_INITS: dict[str, Initializer] = {
   # LeCun et al. 1998b, Sec. 4.6: variance 1/fan_in; Klambauer et al. 2017, Sec. 3 for SELU.
   'lecun': nn.initializers.lecun_normal(),
   'normal': nn.initializers.normal(stddev=0.01),  # Krizhevsky et al. 2012, Sec. 5: N(0, 0.01^2)
+  # All weights 0: the course notes' pitfall. Every unit of a layer computes the same output and
+  # gets the same update, so the symmetry between them is never broken (experiments/init_study).
+  'zeros': nn.initializers.zeros,
 }
 # The names the models were written with, kept as aliases (the same initializer objects).
 KERNEL_INITS['kaiming'] = KERNEL_INITS['kaiming_out']
