@@ -71,6 +71,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.stochastic_depth = config_dict.placeholder(float)
   # FMP nets: pooling draws averaged at test; Graham 2014, Sec. 4: 12 or more repetitions.
   c.model.test_draws = config_dict.placeholder(int)
+  # Every conv/dense bias but the classifier's starts at this value (layers.with_hidden_bias);
+  # 0.01: the course notes' remedy for ReLUs that start dead. Unset: each model's own (zeros).
+  c.model.bias_init = config_dict.placeholder(float)
   # MobileNet v1/v2: the width multiplier (Howard et al. 2017, Sec. 4.2; Sandler et al. 2018).
   c.model.width = config_dict.placeholder(float)
 

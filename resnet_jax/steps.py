@@ -20,6 +20,7 @@ from jax import lax
 from resnet_jax import optim
 from resnet_jax.data import preprocess
 from resnet_jax.models import initial_variables
+from resnet_jax.models.layers import with_hidden_bias
 from resnet_jax.parallel import AXIS, cross_replica_mean
 
 # The named RNG streams a model may draw from in training: dropout and DropConnect, stochastic
@@ -36,9 +37,14 @@ class TrainState(train_state.TrainState):
 
 
 def create_train_state(model, tx: optax.GradientTransformation, rng: jax.Array,
-                       image_shape: tuple[int, ...], ema: bool = False) -> TrainState:
-  """A fresh state; with `ema`, the weight averages start at the initial weights."""
+                       image_shape: tuple[int, ...], ema: bool = False,
+                       hidden_bias: float | None = None, classifier: str = '') -> TrainState:
+  """A fresh state; with `ema`, the weight averages start at the initial weights; with
+  `hidden_bias`, every convolution's and dense layer's bias but the `classifier`'s starts at that
+  value (layers.with_hidden_bias)."""
   variables = initial_variables(model, rng, image_shape)
+  if hidden_bias is not None:
+    variables['params'] = with_hidden_bias(variables['params'], hidden_bias, classifier)
   state = TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
                             batch_stats=variables['batch_stats'],
                             skipped_steps=jnp.zeros((), jnp.int32),

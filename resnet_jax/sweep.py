@@ -43,7 +43,7 @@ from etils import epath
 from resnet_jax import compilation, evaluate, metrics, records, steps, train, xla_flags
 from resnet_jax.checkpoint import Checkpointer
 from resnet_jax.configs import command_line
-from resnet_jax.models import count_params
+from resnet_jax.models import count_params, model_spec
 
 VMAP_MAX_PARAMS = 5_000_000
 
@@ -213,7 +213,9 @@ def vmapped_training(exp: train.Experiment, base, settings: list[dict], *,
     tx = train.build_optimizer(cfg, exp.steps_per_epoch, groups)
     root = jax.random.PRNGKey(cfg.seed)
     state = steps.create_train_state(exp.model, tx, jax.random.fold_in(root, train.INIT),
-                                     exp.image_shape, ema=base.ema_decay > 0)
+                                     exp.image_shape, ema=base.ema_decay > 0,
+                                     hidden_bias=cfg.model.bias_init,
+                                     classifier=model_spec(base.model.name)['classifier'])
     return state.replace(tx=base_state.tx), jax.random.fold_in(root, train.TRAIN)
 
   def step_one(state, values, batch, key, pre):

@@ -50,7 +50,7 @@ def build_model(config, num_classes: int):
   or by default) and whose init is not set gets 'lecun', the init SELU's fixed point assumes.
   """
   overrides = {k: v for k, v in config.model.items()
-               if k not in ('name', 'sync_bn', 'init') and v is not None}
+               if k not in ('name', 'sync_bn', 'init', 'bias_init') and v is not None}
   if config.model.init is not None:
     overrides['kernel_init'] = config.model.init
   if config.model.sync_bn:
@@ -101,8 +101,7 @@ def train_step_options(config, model, groups=None) -> dict:
               decay_norm_and_bias=config.optimizer.decay_norm_and_bias,
               mixup_alpha=config.mixup_alpha, cutmix_alpha=config.cutmix_alpha,
               mix_prob=config.mix_prob, mix_switch_prob=config.mix_switch_prob,
-              frozen_modules=optim.frozen_modules(*groups),
-              dtype=model.dtype)
+              frozen_modules=optim.frozen_modules(*groups), dtype=model.dtype)
 
 
 def train_loader(config, split: data.Split, preprocessing: data.Preprocessing):
@@ -174,7 +173,8 @@ def setup(config, *, train: bool = True, workdir: str | None = None) -> Experime
                      'channels (give 1 or that many)')
   root = jax.random.PRNGKey(config.seed)
   init = functools.partial(steps.create_train_state, model, tx, image_shape=image_shape,
-                           ema=config.ema_decay > 0)
+                           ema=config.ema_decay > 0, hidden_bias=config.model.bias_init,
+                           classifier=model_spec(config.model.name)['classifier'])
   try:  # Shapes only: a model that cannot take this input fails here, before compiling.
     shapes = jax.eval_shape(init, root)
   except Exception as e:

@@ -229,6 +229,26 @@ def test_prelu_slopes_get_no_weight_decay_and_are_learned(tmp_path):
   assert learned.size == 226 and np.abs(learned - 0.25).max() > 1e-3  # Moved by backprop.
 
 
+def test_bias_init_sets_every_hidden_bias_but_the_classifiers_and_bn_offsets():
+  config = base_config()
+  config.model.name, config.model.bias_init = 'cifar_vgg16', 0.01  # VGG-16 with BatchNorm.
+  config.dataset.update(source='digits', image_size=32)
+  exp = train.setup(config)
+  params = jax.device_get(exp.parallel.unreplicate(exp.state).params)
+  flat = {'/'.join(k.key for k in path): v for path, v in
+          jax.tree_util.tree_flatten_with_path(params)[0]}
+  conv_biases = [k for k in flat if k.endswith('/bias') and k[:-4] + 'kernel' in flat]
+  bn_offsets = [k for k in flat if k.endswith('/bias') and k[:-4] + 'scale' in flat]
+  classifier = models.model_spec('cifar_vgg16')['classifier'] + '/bias'
+  assert len(conv_biases) == 14 and len(bn_offsets) == 13 and classifier in conv_biases
+  assert all(np.all(flat[k] == 0.01) for k in conv_biases if k != classifier)
+  assert np.all(flat[classifier] == 0) and all(np.all(flat[k] == 0) for k in bn_offsets)
+  config.model.bias_init = None  # Unset: the model's own zeros.
+  params = jax.device_get(exp.parallel.unreplicate(train.setup(config).state).params)
+  assert all(np.all(np.asarray(v) == 0) for path, v in jax.tree_util.tree_flatten_with_path(
+      params)[0] if path[-1].key == 'bias')
+
+
 def _kernel_variance(variables, layer):
   return float(np.var(np.asarray(variables['params'][layer]['kernel'], np.float64)))
 

@@ -203,6 +203,21 @@ def get_kernel_init(name: str) -> Initializer:
   return _lookup(KERNEL_INITS, 'kernel_init', name, PARAMETRIC_KERNEL_INITS)
 
 
+def with_hidden_bias(params: dict, value: float, classifier: str) -> dict:
+  """`params` with the bias of every layer that has a kernel (convolutions, dense layers) set to
+  `value`, but the classifier's (its '/'-joined path, as registered). BatchNorm offsets, also
+  named 'bias', sit beside a 'scale', not a kernel, and stay. A small positive value (0.01) is the
+  course notes' remedy for ReLUs that start dead; the classifier keeps its own."""
+  def walk(node: dict, path: str) -> dict:
+    out = {k: walk(v, f'{path}/{k}'.lstrip('/')) if isinstance(v, dict) else v
+           for k, v in node.items()}
+    if 'kernel' in node and 'bias' in node and path != classifier:
+      out['bias'] = jnp.full_like(node['bias'], value)
+    return out
+
+  return walk(dict(params), '')
+
+
 def _identity(x: jax.Array) -> jax.Array:
   return x
 
