@@ -108,7 +108,7 @@ class AlexNet(nn.Module):
       x = act(nn.Dense(self.hidden, bias_init=bias_init(True), name=f'classifier.{index}',
                        **dense)(x))
     x = nn.Dense(self.num_classes, bias_init=bias_init(False), name='classifier.6', **dense)(x)
-    return x.astype(jnp.float32)
+    return x.astype(layers.output_dtype(self.dtype))
 
 
 # torchvision's AlexNet (Krizhevsky 2014, "One weird trick", single tower): 224x224 crops.

@@ -199,7 +199,7 @@ class _FMPBody(nn.Module):
     x = layer(x, self.num_fmp + 1, 1, 'c1')
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32, name='output')(x)
-    return x.astype(jnp.float32)
+    return x.astype(layers.output_dtype(self.dtype))
 
 
 class FMPNet(nn.Module):

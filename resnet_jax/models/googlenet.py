@@ -174,9 +174,9 @@ class GoogLeNet(nn.Module):
     x = block(_TABLE1['5b'], name='inception5b')(x)
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    logits = dense(self.num_classes, name='fc')(x).astype(jnp.float32)
+    logits = dense(self.num_classes, name='fc')(x).astype(layers.output_dtype(self.dtype))
     if self.aux_logits and train:
-      return logits, aux1.astype(jnp.float32), aux2.astype(jnp.float32)
+      return logits, aux1.astype(logits.dtype), aux2.astype(logits.dtype)
     return logits
 
 

@@ -215,9 +215,9 @@ class InceptionV3(nn.Module):
     x = InceptionE(basic, name='Mixed_7c')(x)
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    logits = dense(self.num_classes, name='fc')(x).astype(jnp.float32)
+    logits = dense(self.num_classes, name='fc')(x).astype(layers.output_dtype(self.dtype))
     if self.aux_logits and train:
-      return logits, aux.astype(jnp.float32)
+      return logits, aux.astype(layers.output_dtype(self.dtype))
     return logits
 
 

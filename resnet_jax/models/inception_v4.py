@@ -200,7 +200,7 @@ def _head(module: nn.Module, x: jax.Array, train: bool, name: str) -> jax.Array:
   x = jnp.mean(x, axis=(1, 2))
   x = nn.Dropout(module.dropout_rate, deterministic=not train)(x)
   x = nn.Dense(module.num_classes, dtype=module.dtype, param_dtype=jnp.float32, name=name)(x)
-  return x.astype(jnp.float32)
+  return x.astype(layers.output_dtype(module.dtype))
 
 
 class InceptionV4(nn.Module):

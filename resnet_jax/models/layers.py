@@ -218,6 +218,13 @@ def with_hidden_bias(params: dict, value: float, classifier: str) -> dict:
   return walk(dict(params), '')
 
 
+def output_dtype(dtype) -> jnp.dtype:
+  """The dtype of a model's logits and BatchNorm's statistics for a compute `dtype`: float32
+  from bfloat16 or float32, float64 from float64 (so that the float64 gradient check, `gradcheck`,
+  sees a model computed in float64 throughout)."""
+  return jnp.promote_types(dtype, jnp.float32)
+
+
 def _identity(x: jax.Array) -> jax.Array:
   return x
 
@@ -246,7 +253,7 @@ def _count(x: jax.Array, axis_name: str | None) -> int | jax.Array:
 
 
 def _batch_norm_forward(x, scale, bias, epsilon, axis_name):
-  xf = x.astype(jnp.float32)
+  xf = x.astype(output_dtype(x.dtype))
   count = _count(x, axis_name)
   total, total_sq = _channel_sums(xf, xf * xf, axis_name)
   mean = total / count
@@ -277,7 +284,7 @@ def _batch_norm_train_bwd(epsilon, axis_name, residuals, cotangents):
   del epsilon
   x, mean, inv, scale = residuals
   g = cotangents[0]  # the statistics feed only batch_stats, never the loss
-  x_hat = (x.astype(jnp.float32) - mean) * inv
+  x_hat = (x.astype(output_dtype(x.dtype)) - mean) * inv
   # The parameters' gradients are this device's (train_step averages them over devices); x's
   # needs the sums over the whole batch the statistics came from.
   d_bias, d_scale = _channel_sums(g, g * x_hat, None)

@@ -115,7 +115,7 @@ class LeNet5(nn.Module):
     if self.dropout_rate > 0:
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     x = dense(self.num_classes, 'output', x)
-    return x.astype(jnp.float32)
+    return x.astype(layers.output_dtype(self.dtype))
 
 
 # LeCun et al. 1998, Sec. II.B: 32x32 grey-level input (MNIST's 28x28 padded), 10 digit classes;

@@ -59,7 +59,7 @@ class MLP(nn.Module):
       if self.dropout_rate > 0:
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     x = nn.Dense(self.num_classes, name='head', **dense)(x)
-    return x.astype(jnp.float32)
+    return x.astype(layers.output_dtype(self.dtype))
 
 
 def hidden_outputs(intermediates: dict, which: str = 'post') -> list[jax.Array]:

@@ -124,7 +124,7 @@ class MobileNetV1(nn.Module):
     x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32,
                  kernel_init=nn.initializers.variance_scaling(1 / 3, 'fan_out', 'uniform'),
                  name='classifier')(x)
-    return x.astype(jnp.float32)
+    return x.astype(layers.output_dtype(self.dtype))
 
 
 # Sandler et al. 2018, Table 2: (expansion t, output channels c, repeats n, first stride s).
@@ -210,7 +210,7 @@ class MobileNetV2(nn.Module):
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32,
                  kernel_init=nn.initializers.normal(0.01), name='classifier.1')(x)
-    return x.astype(jnp.float32)
+    return x.astype(layers.output_dtype(self.dtype))
 
 
 # Howard et al. 2017, Sec. 5: ImageNet at 224x224, 1000 classes; Table 6: widths 1, 0.75, 0.5,

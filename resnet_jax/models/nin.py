@@ -72,7 +72,7 @@ class NiN(nn.Module):
       raise ValueError(f'NiN: empty class maps {x.shape}; the input is too small')
     # Sec. 3.2: global average pooling of the class maps gives the logits.
     x = jnp.mean(x, axis=(1, 2))
-    return x.astype(jnp.float32)
+    return x.astype(layers.output_dtype(self.dtype))
 
 
 # Zhang et al., Dive into Deep Learning, Sec. 8.3: AlexNet-like geometry, 224x224 ImageNet. NiN

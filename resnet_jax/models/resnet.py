@@ -366,7 +366,7 @@ class ResNet(nn.Module):
           x, deterministic=not train)
     else:
       x = nn.Dense(self.num_classes, **head)(x)
-    return x.astype(jnp.float32)
+    return x.astype(layers.output_dtype(self.dtype))
 
 
 # He et al. 2015, Table 1: ImageNet nets, 224x224 crops, 1000 classes, widths 64/128/256/512.

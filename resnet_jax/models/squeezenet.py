@@ -94,7 +94,7 @@ class SqueezeNet(nn.Module):
     if x.shape[1] == 0 or x.shape[2] == 0:
       raise ValueError(f'SqueezeNet: empty class maps {x.shape}; the input is too small')
     x = jnp.mean(x, axis=(1, 2))  # AdaptiveAvgPool2d((1, 1))
-    return x.astype(jnp.float32)
+    return x.astype(layers.output_dtype(self.dtype))
 
 
 # Iandola et al. 2016, Table 1: 224x224 ImageNet crops; squeeze/expand filters of fire2..fire9;

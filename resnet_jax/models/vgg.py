@@ -86,13 +86,13 @@ class VGG(nn.Module):
                  kernel_init=layers.get_kernel_init('normal_0.01'))
     if self.head == 'cifar':
       x = nn.Dense(self.num_classes, name='classifier', **dense)(layers.flatten_nchw(x))
-      return x.astype(jnp.float32)
+      return x.astype(layers.output_dtype(self.dtype))
     x = layers.flatten_nchw(layers.adaptive_avg_pool(x, (self.pooled_size, self.pooled_size)))
     for index in (0, 3):  # classifier: Linear, ReLU, Dropout, Linear, ReLU, Dropout, Linear
       x = act(nn.Dense(self.hidden, name=f'classifier.{index}', **dense)(x))
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     x = nn.Dense(self.num_classes, name='classifier.6', **dense)(x)
-    return x.astype(jnp.float32)
+    return x.astype(layers.output_dtype(self.dtype))
 
 
 # Simonyan & Zisserman 2015, Table 1: (convolutions, channels) of the five blocks.

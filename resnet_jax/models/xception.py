@@ -146,7 +146,7 @@ class Xception(nn.Module):
     x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32,
                  kernel_init=nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform'),
                  name='fc')(x)
-    return x.astype(jnp.float32)
+    return x.astype(layers.output_dtype(self.dtype))
 
 
 # Chollet 2017, Sec. 4.1: ImageNet at 299x299, 1000 classes; Table 3: 22,855,952 parameters (and
