@@ -122,7 +122,7 @@ def on_device_row(name: str, *, batch: int, dtype: str, examples: int, steps_per
   import numpy as np
   import optax
 
-  from resnet_jax.bench.step import _compiled_costs
+  from resnet_jax.bench.step import compiled_costs
   from resnet_jax.config import base_config
   from resnet_jax.data import on_device
   from resnet_jax.data.augment import AugmentOptions
@@ -160,7 +160,7 @@ def on_device_row(name: str, *, batch: int, dtype: str, examples: int, steps_per
   one = parallel.map(step, ('state', 'batch', 'const', 'const'))
   batch_arrays = parallel.shard_batch({'image': arrays['image'][:batch],
                                        'label': arrays['label'][:batch]})
-  flops, _ = _compiled_costs(one.lower(state, batch_arrays, key, None).compile())
+  flops, _ = compiled_costs(one.lower(state, batch_arrays, key, None).compile())
   return {'benchmark': f'{name} train on device', 'impl': 'ours', 'dtype': dtype,
           'batch': batch, 'image_size': size, 'images_per_sec': batch / seconds,
           'tflops': flops / seconds / 1e12, 'peak_share': flops / seconds / peak,

@@ -46,7 +46,7 @@ class Timed:
   compiled: object = None  # our compiled program (jax.stages.Compiled), for --profile
 
 
-def _compiled_costs(compiled) -> tuple[float, int]:
+def compiled_costs(compiled) -> tuple[float, int]:
   """FLOPs (XLA's cost analysis) and peak bytes (arguments + outputs + temporaries - donated
   aliases, from its memory analysis) of a compiled program."""
   cost = compiled.cost_analysis()
@@ -74,7 +74,7 @@ def jax_step(name: str, batch: int, image_size: int, dtype: str, mode: str) -> T
     x = jax.device_put(normalize(images, (127.5,), (127.5,), compute))
     forward = jax.jit(functools.partial(model.apply, train=False, rngs={'fmp': key}))
     compiled = forward.lower(variables, x).compile()
-    flops, peak = _compiled_costs(compiled)
+    flops, peak = compiled_costs(compiled)
     return Timed(lambda: forward(variables, x), jax.block_until_ready, flops, peak, compiled)
   # torch.optim.SGD(lr, momentum=0.9, weight_decay=1e-4), the peer's optimizer.
   tx = optax.chain(optax.add_decayed_weights(1e-4), optax.sgd(0.01, momentum=0.9))
@@ -86,7 +86,7 @@ def jax_step(name: str, batch: int, image_size: int, dtype: str, mode: str) -> T
                       ('state', 'batch', 'const'), donate_state=True)
   data = parallel.shard_batch({'image': images, 'label': labels})
   compiled = step.lower(state, data, key).compile()
-  flops, peak = _compiled_costs(compiled)
+  flops, peak = compiled_costs(compiled)
   holder = [state]
 
   def run():
