@@ -134,7 +134,8 @@ def test_config_errors_help_and_show_config():
       'FATAL Flags parsing error: config.optimizer.learning_rate is not a field; did you mean '
       'config.schedule.base_lr or config.optimizer.name or config.optimizer.weight_decay? The '
       'fields of config.optimizer: b1, b2, clip_norm, decay_norm_and_bias, decay_style, eps, '
-      'lr_multipliers, momentum, name, nesterov, rms_decay, trust_coefficient, weight_decay.')
+      'l1, lr_multipliers, momentum, name, nesterov, rms_decay, trust_coefficient, '
+      'weight_decay.')
   helped = main('--help')
   assert helped.returncode == 0
   assert '--allow_config_change' in helped.stdout and '--mode=show_config' in helped.stdout
