@@ -38,10 +38,15 @@ PAPERS = [
     (r'^resnet', 'He et al. 2015'), (r'alexnet', 'Krizhevsky et al. 2012'),
     (r'vgg', 'Simonyan & Zisserman 2015'), (r'nin$', 'Lin et al. 2014'),
     (r'googlenet', 'Szegedy et al. 2015'), (r'inception_v3', 'Szegedy et al. 2016'),
+    (r'^bn_inception', 'Ioffe & Szegedy 2015'),
     (r'inception_(v4|resnet)', 'Szegedy et al. 2017'), (r'xception', 'Chollet 2017'),
     (r'mobilenet_v2', 'Sandler et al. 2018'), (r'mobilenet', 'Howard et al. 2017'),
     (r'squeezenet', 'Iandola et al. 2016'),
+    (r'^enet', 'Paszke et al. 2016'),
+    (r'^fractalnet', 'Larsson et al. 2016'),
+    (r'^overfeat', 'Sermanet et al. 2013'),
     (r'^fmp', 'Graham 2014'), (r'^mlp', 'Glorot & Bengio 2010; Klambauer et al. 2017'),
+    (r'^ciresan_mlp', 'Ciresan et al. 2010'),
 ]
 
 

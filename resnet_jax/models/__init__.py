@@ -6,7 +6,10 @@ Importing a family module registers its variants.
 # Imported for their register(...) calls.
 from resnet_jax.models import (  # noqa: F401
     alexnet,
+    bn_inception,
+    enet,
     fmp,
+    fractalnet,
     googlenet,
     inception,
     inception_v4,
@@ -14,6 +17,7 @@ from resnet_jax.models import (  # noqa: F401
     mlp,
     mobilenet,
     nin,
+    overfeat,
     resnet,
     squeezenet,
     vgg,

@@ -55,6 +55,10 @@ class AlexNet(nn.Module):
     act / kernel_init: names in layers.ACTIVATIONS / layers.KERNEL_INITS.
     unit_bias: Sec. 5: biases of conv2, conv4, conv5 and the hidden FC layers start at 1 (the
       ReLUs then get positive inputs early on), the others at 0. Otherwise all biases start at 0.
+    fully_conv: dense evaluation (Sermanet et al. 2013, Sec. 3.5; Simonyan & Zisserman 2015,
+      Sec. 3.2): the first FC layer becomes a 6x6 convolution (no adaptive pool), the others 1x1
+      convolutions, with the same parameters, and the class score map is averaged over space.
+      At the training size (a 6x6 last map) the logits are the usual ones.
   """
 
   num_classes: int
@@ -69,6 +73,7 @@ class AlexNet(nn.Module):
   act: str = 'relu'
   kernel_init: str = 'kaiming_in'
   unit_bias: bool = False
+  fully_conv: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -99,15 +104,21 @@ class AlexNet(nn.Module):
         x = nn.max_pool(x, (3, 3), strides=(2, 2))
         index += 1
 
-    if self.pooled_size is not None:
+    if self.pooled_size is not None and not self.fully_conv:
       x = layers.adaptive_avg_pool(x, (self.pooled_size, self.pooled_size))
-    x = layers.flatten_nchw(x)
     dense = dict(dtype=self.dtype, param_dtype=jnp.float32, kernel_init=kinit)
-    for index in (1, 4):  # classifier: Dropout, Linear, ReLU, Dropout, Linear, ReLU, Linear
-      x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-      x = act(nn.Dense(self.hidden, bias_init=bias_init(True), name=f'classifier.{index}',
-                       **dense)(x))
+    # classifier: Dropout, Linear, ReLU, Dropout, Linear, ReLU, Linear; the first Linear reads
+    # the 6x6 map flattened, or slides over a larger one (fully_conv), the others act per pixel.
+    x = x if self.fully_conv else layers.flatten_nchw(x)
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    x = act(layers.FlattenDense(self.hidden, fully_conv=self.fully_conv,
+                                window=self.pooled_size or 6, bias_init=bias_init(True),
+                                name='classifier.1', **dense)(x))
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    x = act(nn.Dense(self.hidden, bias_init=bias_init(True), name='classifier.4', **dense)(x))
     x = nn.Dense(self.num_classes, bias_init=bias_init(False), name='classifier.6', **dense)(x)
+    if self.fully_conv:  # the class score map averaged over space
+      x = jnp.mean(x, axis=(1, 2))
     return x.astype(layers.output_dtype(self.dtype))
 
 

@@ -1,4 +1,4 @@
-"""Inception-v4 and Inception-ResNet-v2 (Szegedy, Ioffe, Vanhoucke & Alemi 2016, "Inception-v4,
+"""Inception-v4, Inception-ResNet-v1 and -v2 (Szegedy, Ioffe, Vanhoucke & Alemi 2016, "Inception-v4,
 Inception-ResNet and the Impact of Residual Connections on Learning"), 299x299 input.
 
 Layouts and names follow timm's `inception_v4` (`features.N`, `last_linear`) and
@@ -15,6 +15,11 @@ is conv (no bias) + BatchNorm (eps 0.001) + act, except the residual 1x1 project
   blocks instead of Fig. 15's 5 / 10 / 5. Reduction-A is Fig. 7 with k, l, m, n = 256, 256, 384,
   384. Residual branches are scaled by 0.17 / 0.10 / 0.20 before the addition (Sec. 3.3,
   Fig. 20); the last 8x8 block (`block8`) has scale 1 and no activation.
+- Inception-ResNet-v1 (Sec. 3.2, Fig. 15) has no released model and is as the paper draws it:
+  stem (Fig. 14), 5 Inception-ResNet-A (Fig. 10), Reduction-A (Fig. 7, k, l, m, n = 192, 192,
+  256, 384, Table 1), 10 Inception-ResNet-B (Fig. 11), Reduction-B (Fig. 12), 5
+  Inception-ResNet-C (Fig. 13). It shares v2's blocks at its own widths, and its names follow
+  v2's (`conv2d_4b` ends the stem; `repeat`, `mixed_6a`, `repeat_1`, `mixed_7a`, `repeat_2`).
 
 All max pools and strided convolutions are unpadded ('V' in the figures); the 3x3 average pools
 pad by 1 and average over the real pixels only (count_include_pad=False, as timm).
@@ -297,63 +302,82 @@ class _ResidualBlock(nn.Module):
     return self.act(x) if self.final_act else x
 
 
+# Branch widths of the residual blocks and of Reduction-B, in the order the docstrings list them.
+V1_WIDTHS = {'a': (32, 32, 32, 32, 32, 32), 'b': (128, 128, 128, 128), 'c': (192, 192, 192, 192),
+             'reduction_b': (256, 384, 256, 256, 256, 256, 256)}  # Figs. 10, 11, 13, 12
+V2_WIDTHS = {'a': (32, 32, 32, 32, 48, 64), 'b': (192, 128, 160, 192), 'c': (192, 192, 224, 256),
+             'reduction_b': (256, 384, 256, 288, 256, 288, 320)}  # Figs. 16, 17, 19, 18
+
+
 class Block35(_ResidualBlock):
-  """35x35 Inception-ResNet-A (Fig. 16): 1x1 32 | 1x1 32, 3x3 32 | 1x1 32, 3x3 48, 3x3 64."""
+  """35x35 Inception-ResNet-A: 1x1 w0 | 1x1 w1, 3x3 w2 | 1x1 w3, 3x3 w4, 3x3 w5; `widths`
+  (w0..w5) is (32, 32, 32, 32, 48, 64) in v2 (Fig. 16), all 32 in v1 (Fig. 10)."""
+
+  widths: Sequence[int] = V2_WIDTHS['a']
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    conv = self.basic
-    b0 = conv(32, 1, name='branch0')(x)
-    b1 = conv(32, 1, name='branch1.0')(x)
-    b1 = conv(32, 3, padding=1, name='branch1.1')(b1)
-    b2 = conv(32, 1, name='branch2.0')(x)
-    b2 = conv(48, 3, padding=1, name='branch2.1')(b2)
-    b2 = conv(64, 3, padding=1, name='branch2.2')(b2)
+    conv, w = self.basic, self.widths
+    b0 = conv(w[0], 1, name='branch0')(x)
+    b1 = conv(w[1], 1, name='branch1.0')(x)
+    b1 = conv(w[2], 3, padding=1, name='branch1.1')(b1)
+    b2 = conv(w[3], 1, name='branch2.0')(x)
+    b2 = conv(w[4], 3, padding=1, name='branch2.1')(b2)
+    b2 = conv(w[5], 3, padding=1, name='branch2.2')(b2)
     return self._merge(x, [b0, b1, b2])
 
 
 class Block17(_ResidualBlock):
-  """17x17 Inception-ResNet-B (Fig. 17): 1x1 192 | 1x1 128, 1x7 160, 7x1 192."""
+  """17x17 Inception-ResNet-B: 1x1 w0 | 1x1 w1, 1x7 w2, 7x1 w3; `widths` is (192, 128, 160, 192)
+  in v2 (Fig. 17), all 128 in v1 (Fig. 11)."""
+
+  widths: Sequence[int] = V2_WIDTHS['b']
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    conv = self.basic
-    b0 = conv(192, 1, name='branch0')(x)
-    b1 = conv(128, 1, name='branch1.0')(x)
-    b1 = conv(160, (1, 7), padding=(0, 3), name='branch1.1')(b1)
-    b1 = conv(192, (7, 1), padding=(3, 0), name='branch1.2')(b1)
+    conv, w = self.basic, self.widths
+    b0 = conv(w[0], 1, name='branch0')(x)
+    b1 = conv(w[1], 1, name='branch1.0')(x)
+    b1 = conv(w[2], (1, 7), padding=(0, 3), name='branch1.1')(b1)
+    b1 = conv(w[3], (7, 1), padding=(3, 0), name='branch1.2')(b1)
     return self._merge(x, [b0, b1])
 
 
 class Block8(_ResidualBlock):
-  """8x8 Inception-ResNet-C (Fig. 19): 1x1 192 | 1x1 192, 1x3 224, 3x1 256."""
+  """8x8 Inception-ResNet-C: 1x1 w0 | 1x1 w1, 1x3 w2, 3x1 w3; `widths` is (192, 192, 224, 256)
+  in v2 (Fig. 19), all 192 in v1 (Fig. 13)."""
+
+  widths: Sequence[int] = V2_WIDTHS['c']
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    conv = self.basic
-    b0 = conv(192, 1, name='branch0')(x)
-    b1 = conv(192, 1, name='branch1.0')(x)
-    b1 = conv(224, (1, 3), padding=(0, 1), name='branch1.1')(b1)
-    b1 = conv(256, (3, 1), padding=(1, 0), name='branch1.2')(b1)
+    conv, w = self.basic, self.widths
+    b0 = conv(w[0], 1, name='branch0')(x)
+    b1 = conv(w[1], 1, name='branch1.0')(x)
+    b1 = conv(w[2], (1, 3), padding=(0, 1), name='branch1.1')(b1)
+    b1 = conv(w[3], (3, 1), padding=(1, 0), name='branch1.2')(b1)
     return self._merge(x, [b0, b1])
 
 
 class Mixed7a(nn.Module):
-  """17x17 -> 8x8 reduction of Inception-ResNet-v2 (Fig. 18): 1x1 256, 3x3/2 384 | 1x1 256,
-  3x3/2 288 | 1x1 256, 3x3 288, 3x3/2 320 | max pool 3x3/2 (1088 -> 2080 channels)."""
+  """17x17 -> 8x8 Reduction-B of the Inception-ResNets: 1x1 w0, 3x3/2 w1 | 1x1 w2, 3x3/2 w3 |
+  1x1 w4, 3x3 w5, 3x3/2 w6 | max pool 3x3/2. `widths` is (256, 384, 256, 288, 256, 288, 320) in
+  v2 (Fig. 18: 1088 -> 2080 channels), (256, 384, 256, 256, 256, 256, 256) in v1 (Fig. 12:
+  896 -> 1792)."""
 
   basic: ModuleDef
+  widths: Sequence[int] = V2_WIDTHS['reduction_b']
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    conv = self.basic
-    b0 = conv(256, 1, name='branch0.0')(x)
-    b0 = conv(384, 3, strides=2, name='branch0.1')(b0)
-    b1 = conv(256, 1, name='branch1.0')(x)
-    b1 = conv(288, 3, strides=2, name='branch1.1')(b1)
-    b2 = conv(256, 1, name='branch2.0')(x)
-    b2 = conv(288, 3, padding=1, name='branch2.1')(b2)
-    b2 = conv(320, 3, strides=2, name='branch2.2')(b2)
+    conv, w = self.basic, self.widths
+    b0 = conv(w[0], 1, name='branch0.0')(x)
+    b0 = conv(w[1], 3, strides=2, name='branch0.1')(b0)
+    b1 = conv(w[2], 1, name='branch1.0')(x)
+    b1 = conv(w[3], 3, strides=2, name='branch1.1')(b1)
+    b2 = conv(w[4], 1, name='branch2.0')(x)
+    b2 = conv(w[5], 3, padding=1, name='branch2.1')(b2)
+    b2 = conv(w[6], 3, strides=2, name='branch2.2')(b2)
     return jnp.concatenate([b0, b1, b2, _max_pool_3x3_s2(x)], axis=-1)
 
 
@@ -403,17 +427,75 @@ class InceptionResNetV2(nn.Module):
     x = basic(192, 3, name='conv2d_4a')(x)
     x = _max_pool_3x3_s2(x)
     x = Mixed5b(basic, name='mixed_5b')(x)
+    w = V2_WIDTHS
     for i in range(num_a):
-      x = Block35(scale=scale_a, name=f'repeat.{i}', **residual)(x)
+      x = Block35(scale=scale_a, widths=w['a'], name=f'repeat.{i}', **residual)(x)
     x = ReductionA((256, 256, 384, 384), basic, name='mixed_6a')(x)  # Table 1 -> 17x17
     for i in range(num_b):
-      x = Block17(scale=scale_b, name=f'repeat_1.{i}', **residual)(x)
-    x = Mixed7a(basic, name='mixed_7a')(x)  # -> 8x8
+      x = Block17(scale=scale_b, widths=w['b'], name=f'repeat_1.{i}', **residual)(x)
+    x = Mixed7a(basic, w['reduction_b'], name='mixed_7a')(x)  # -> 8x8
     for i in range(num_c - 1):
-      x = Block8(scale=scale_c, name=f'repeat_2.{i}', **residual)(x)
+      x = Block8(scale=scale_c, widths=w['c'], name=f'repeat_2.{i}', **residual)(x)
     # The last block feeds conv2d_7b unscaled and unactivated, as the released model.
-    x = Block8(scale=1.0, final_act=False, name='block8', **residual)(x)
+    x = Block8(scale=1.0, final_act=False, widths=w['c'], name='block8', **residual)(x)
     x = basic(1536, 1, name='conv2d_7b')(x)
+    return _head(self, x, train, 'classif')
+
+
+class InceptionResNetV1(nn.Module):
+  """Inception-ResNet-v1 (Fig. 15), as the paper draws it (see the module docstring); 299x299
+  input, grids 149, 147, 73, 71, 35 in the stem, then 35, 17 and 8 by stage (256, 896 and 1792
+  channels). Like v2 it takes inputs down to 75x75 (a 1x1 grid after Reduction-B).
+
+  Arguments:
+    stage_sizes: numbers of Inception-ResNet-A, -B and -C blocks; (5, 10, 5) in Fig. 15.
+    residual_scales: factors on the residual branches of the three stages. Sec. 3.3 scales by
+      0.1 to 0.3 without saying which per net; 0.17 / 0.10 / 0.20 are the authors' released v2
+      values (and those of the TF-slim v1 ports), within that range. Every block, the last
+      included, is scaled and followed by the activation (Figs. 10, 11, 13).
+    dropout_rate: before the classifier; 0.2, Fig. 15's keep probability 0.8.
+    act / kernel_init / bn_*: as InceptionResNetV2.
+  """
+
+  num_classes: int
+  dtype: Any = jnp.float32
+  stage_sizes: Sequence[int] = (5, 10, 5)
+  residual_scales: Sequence[float] = (0.17, 0.10, 0.20)
+  dropout_rate: float = 0.2
+  act: str = 'relu'
+  kernel_init: str = 'kaiming'
+  bn_axis_name: str | None = None
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-3
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    if len(self.stage_sizes) != 3:
+      raise ValueError(f'stage_sizes needs 3 entries (A, B, C blocks), got {self.stage_sizes}')
+    act = layers.get_activation(self.act)
+    conv, norm = _conv_and_norm(self, train)
+    basic = functools.partial(layers.BasicConv2d, conv=conv, norm=norm, act=act)
+    residual = dict(basic=basic, linear_conv=functools.partial(conv, use_bias=True), act=act)
+    scale_a, scale_b, scale_c = self.residual_scales
+    num_a, num_b, num_c = self.stage_sizes
+    w = V1_WIDTHS
+
+    # Fig. 14 stem: 299 -> 149 -> 147 -> 147 -> pool 73 -> 73 -> 71 -> 35 (256 channels).
+    x = basic(32, 3, strides=2, name='conv2d_1a')(x)
+    x = basic(32, 3, name='conv2d_2a')(x)
+    x = basic(64, 3, padding=1, name='conv2d_2b')(x)
+    x = _max_pool_3x3_s2(x)
+    x = basic(80, 1, name='conv2d_3b')(x)
+    x = basic(192, 3, name='conv2d_4a')(x)
+    x = basic(256, 3, strides=2, name='conv2d_4b')(x)
+    for i in range(num_a):
+      x = Block35(scale=scale_a, widths=w['a'], name=f'repeat.{i}', **residual)(x)
+    x = ReductionA((192, 192, 256, 384), basic, name='mixed_6a')(x)  # Table 1 -> 17x17, 896
+    for i in range(num_b):
+      x = Block17(scale=scale_b, widths=w['b'], name=f'repeat_1.{i}', **residual)(x)
+    x = Mixed7a(basic, w['reduction_b'], name='mixed_7a')(x)  # Fig. 12 -> 8x8, 1792
+    for i in range(num_c):
+      x = Block8(scale=scale_c, widths=w['c'], name=f'repeat_2.{i}', **residual)(x)
     return _head(self, x, train, 'classif')
 
 
@@ -423,3 +505,8 @@ register('inception_v4', InceptionV4, input_size=299, in_channels=3, num_classes
          classifier='last_linear', torch_twin='timm inception_v4', paper_params=42_679_816)
 register('inception_resnet_v2', InceptionResNetV2, input_size=299, in_channels=3, num_classes=1000,
          classifier='classif', torch_twin='timm inception_resnet_v2', paper_params=55_843_464)
+# The paper gives no count for v1, and no reference implementation has Fig. 15 as drawn (the
+# TF-slim ports of FaceNet add a sixth, unactivated 8x8 block and an embedding head), hence None;
+# tests/test_zoo_bn_inception.py checks the count against the figures' arithmetic.
+register('inception_resnet_v1', InceptionResNetV1, input_size=299, in_channels=3, num_classes=1000,
+         classifier='classif', paper_params=None)

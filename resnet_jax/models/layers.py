@@ -63,9 +63,16 @@ def prelu_shared(x: jax.Array) -> jax.Array:
   return PReLU(shared=True)(x)
 
 
+def scaled_tanh(x: jax.Array) -> jax.Array:
+  """A tanh(B x) with A = 1.7159, B = 0.6666: Ciresan et al. 2010, Sec. 3, after LeCun et al. 1998,
+  Appendix A (B = 2/3: f(1) = 1, f(-1) = -1, the steepest gain near the targets)."""
+  return 1.7159 * jnp.tanh(0.6666 * x)
+
+
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
   'sigmoid': nn.sigmoid,
   'tanh': jnp.tanh,
+  'scaled_tanh': scaled_tanh,  # A tanh(B x), LeCun et al. 1998 / Ciresan et al. 2010
   'relu': relu,  # Nair & Hinton 2010
   'relu6': nn.relu6,  # min(max(x, 0), 6): MobileNet's (Howard et al. 2017, via TF-slim and timm)
   # Maas et al. 2013, Sec. 3: negative slope 0.01 (PyTorch's default too); 'leaky_relu:0.2' sets it.
@@ -130,10 +137,21 @@ def _normal(std: float) -> Initializer:
   return nn.initializers.normal(stddev=std)
 
 
+def _uniform(bound: float) -> Initializer:
+  if bound <= 0:
+    raise ValueError(f'kernel_init uniform:{bound}: the bound must be > 0')
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+  return init
+
+
 # Initializers with one numeric argument, written `name:ARG` ('normal:0.01', the course notes'
 # small random numbers); the bare name is the KERNEL_INITS entry.
 PARAMETRIC_KERNEL_INITS: dict[str, tuple[str, Callable[[float], Initializer]]] = {
   'normal': ('STD', _normal),
+  # U(-BOUND, BOUND); 'uniform:0.05': Ciresan et al. 2010, Sec. 3 (weights and biases alike).
+  'uniform': ('BOUND', _uniform),
 }
 
 # 'batch': layers.BatchNorm; 'flax_batch': flax.linen.BatchNorm itself (the same values and
@@ -512,3 +530,48 @@ class DropConnectDense(nn.Module):
     if bias is not None:
       y = y + jnp.where(jax.random.bernoulli(bias_key, keep, y.shape), bias, 0)
     return y / jnp.asarray(keep, y.dtype)
+
+
+class FlattenDense(nn.Module):
+  """A dense layer on flattened [N, H, W, C] maps (torch's (C, H, W) order, as `flatten_nchw`),
+  or, with `fully_conv`, the same layer slid over a larger map as a `window` x `window`
+  convolution (Sermanet et al. 2013, Sec. 3.5: "FC layers ... replaced by 1x1 convolutions", the
+  first of them a convolution over the whole last feature map).
+
+  Parameters are nn.Dense's `kernel` [window * window * C, features] and `bias` [features], made
+  in its order, so both modes (and an nn.Dense of the same name) share checkpoints and weight
+  imports. The convolution reads each window as im2col patches in (C, H, W) order and multiplies
+  them by the same kernel: on a map of exactly `window` x `window` it computes the very product
+  of the flat layer (a [N, 1, 1, features] map), not merely a close one. Outputs: [N, features]
+  (inputs flattened already pass as they are), or [N, H - window + 1, W - window + 1, features]
+  with `fully_conv`.
+  """
+
+  features: int
+  fully_conv: bool = False
+  window: int | None = None  # fully_conv: the side of the map the layer was built on
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+  kernel_init: Initializer = nn.initializers.lecun_normal()
+  bias_init: Initializer = nn.initializers.zeros
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if x.ndim != 4 and not (x.ndim == 2 and not self.fully_conv):
+      raise ValueError(f'FlattenDense takes [N, H, W, C] maps (or [N, features] when not '
+                       f'fully_conv), got shape {x.shape}')
+    if not self.fully_conv:
+      x = flatten_nchw(x) if x.ndim == 4 else x
+    elif self.window is None or min(x.shape[1:3]) < self.window:
+      raise ValueError(f'FlattenDense(fully_conv): a {self.window}x{self.window} window on '
+                       f'{x.shape[1]}x{x.shape[2]} maps')
+    else:
+      # Exact (a copy, one nonzero tap per output), also where the default precision is bf16.
+      x = jax.lax.conv_general_dilated_patches(
+          x, (self.window, self.window), (1, 1), 'VALID',
+          dimension_numbers=('NHWC', 'HWIO', 'NHWC'), precision=jax.lax.Precision.HIGHEST)
+    kernel = self.param('kernel', self.kernel_init, (x.shape[-1], self.features),
+                        self.param_dtype)
+    bias = self.param('bias', self.bias_init, (self.features,), self.param_dtype)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    return x @ kernel + bias

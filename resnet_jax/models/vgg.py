@@ -43,6 +43,10 @@ class VGG(nn.Module):
     act / kernel_init: names in layers.ACTIVATIONS / KERNEL_INITS (torchvision: Kaiming normal,
       fan_out, for convolutions; the FC layers are N(0, 0.01) as in torchvision and Sec. 3.1).
     bn_axis_name / bn_momentum / bn_epsilon: as in ResNet (epsilon 1e-5, torch's default).
+    fully_conv: dense evaluation (Sec. 3.2): the first FC layer becomes a `pooled_size` x
+      `pooled_size` convolution (no adaptive pool), the others 1x1 convolutions, with the same
+      parameters, and the class score map is averaged over space. At the training size (a
+      `pooled_size` map; 1x1 for the 'cifar' head, 32x32 inputs) the logits are the usual ones.
   """
 
   blocks: Sequence[tuple[int, int]]
@@ -58,6 +62,7 @@ class VGG(nn.Module):
   bn_axis_name: str | None = None
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
+  fully_conv: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -85,13 +90,26 @@ class VGG(nn.Module):
     dense = dict(dtype=self.dtype, param_dtype=jnp.float32,
                  kernel_init=layers.get_kernel_init('normal_0.01'))
     if self.head == 'cifar':
-      x = nn.Dense(self.num_classes, name='classifier', **dense)(layers.flatten_nchw(x))
-      return x.astype(layers.output_dtype(self.dtype))
-    x = layers.flatten_nchw(layers.adaptive_avg_pool(x, (self.pooled_size, self.pooled_size)))
-    for index in (0, 3):  # classifier: Linear, ReLU, Dropout, Linear, ReLU, Dropout, Linear
-      x = act(nn.Dense(self.hidden, name=f'classifier.{index}', **dense)(x))
-      x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+      # The 1x1 map five pools leave of a 32x32 image is the window of the dense evaluation.
+      x = layers.FlattenDense(self.num_classes, fully_conv=self.fully_conv, window=1,
+                              name='classifier', **dense)(x)
+      return self._logits(x)
+    if not self.fully_conv:
+      x = layers.adaptive_avg_pool(x, (self.pooled_size, self.pooled_size))
+    # Sec. 3.2: at test time the first FC layer is a 7x7 convolution over the last map.
+    x = layers.FlattenDense(self.hidden, fully_conv=self.fully_conv, window=self.pooled_size,
+                            name='classifier.0', **dense)(x)
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(act(x))
+    # classifier: Linear, ReLU, Dropout, Linear, ReLU, Dropout, Linear; on maps, 1x1 convolutions.
+    x = act(nn.Dense(self.hidden, name='classifier.3', **dense)(x))
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     x = nn.Dense(self.num_classes, name='classifier.6', **dense)(x)
+    return self._logits(x)
+
+  def _logits(self, x: jax.Array) -> jax.Array:
+    """Logits [N, classes]; Sec. 3.2: a class score map (fully_conv) is averaged over space."""
+    if x.ndim == 4:
+      x = jnp.mean(x, axis=(1, 2))
     return x.astype(layers.output_dtype(self.dtype))
 
 
