@@ -1,6 +1,6 @@
-"""Evaluation modes (center crop, 10-crop, multi-scale) and ensembles (softmax averages).
+"""Evaluation modes (center crop, 10-crop, multi-scale, dense) and ensembles (softmax averages).
 
-  python -m resnet_jax.evaluate --workdirs=A,B,C [--eval_mode=center|ten_crop|multi_scale] \\
+  python -m resnet_jax.evaluate --workdirs=A,B,C [--eval_mode=center|ten_crop|multi_scale|dense] \\
       [--scales=224,256,288] [--scale_crop=center|ten_crop] [--ema] [--out=DIR] \\
       [--config.dataset.eval_split=S ...]
 
@@ -15,6 +15,10 @@ pipeline's to the bit, and images of any size (ImageNet) become fixed-size views
 batching. The device gets [N, V, size, size, C] uint8 batches, normalizes them as `eval_step`
 does (data.preprocess.apply, with each member's own fitted preprocessing), averages the softmax
 over the V views, then over the members; the loss is the negative log of that average.
+
+Dense evaluation (`dense_views`) scores whole images at several sizes with the model run as a
+fully convolutional net (Sermanet et al. 2013, Sec. 3.3-3.5; Simonyan & Zisserman 2015, Sec. 3.2):
+views of different sizes travel packed into one flat uint8 vector per example (`pack_views`).
 
 `evaluate_checkpoint` is the main job's `--mode=eval`. Seed ensembles trained together live in
 `sweep.train_seed_ensemble`.
@@ -42,7 +46,9 @@ from resnet_jax.configs import command_line
 from resnet_jax.data import augment as augment_lib
 from resnet_jax.parallel import AXIS
 
-EVAL_MODES = ('center', 'ten_crop', 'multi_scale')
+EVAL_MODES = ('center', 'ten_crop', 'multi_scale', 'dense')
+# Sermanet et al. 2013, Table 5: the shorter sides of the six test scales (221 training crops).
+OVERFEAT_SCALES = (245, 281, 317, 389, 425, 461)
 SCALE_CROPS = ('center', 'ten_crop')
 COLUMNS = ('model', 'members', 'eval_mode', 'accuracy', 'loss', 'examples')
 
@@ -104,6 +110,76 @@ def multi_scale(images: np.ndarray, scales: Sequence[int], size: int,
   return np.concatenate(views)
 
 
+def default_dense_scales(size: int) -> tuple[int, ...]:
+  """OverFeat's six test scales (Sermanet et al. 2013, Table 5: shorter sides 245 to 461 for
+  221x221 training crops), in proportion to `size`: the paper's own at 221."""
+  return tuple(round(size * q / 221) for q in OVERFEAT_SCALES)
+
+
+def check_dense_scales(scales: Sequence[int], size: int) -> None:
+  """Dense views need a scale or more, each at least the training size (see `dense_views`)."""
+  if not scales or any(q < size for q in scales):
+    raise ValueError(f'dense scales {tuple(scales)} (--scales): give at least one, each at least '
+                     f'the training size {size}')
+
+
+def dense_views(images: np.ndarray, scales: Sequence[int], size: int) -> list[np.ndarray]:
+  """One [N, Q, Q, C] view per scale Q: the shorter side resized to Q (bilinear, as
+  multi_scale), then the central Q x Q square.
+
+  The square is the least cropping that batches: images of any aspect ratio all hold a Q x Q
+  square, and one shape per scale is what a batch needs; padding the longer side instead would
+  add blank borders to the averaged class map, and the paper's own non-square sizes (281x317,
+  ...) follow its 4:3-ish validation images, not ours. A square image loses nothing. Each Q must
+  be at least the training size `size`, whose last map is the first FC layer's window.
+  """
+  check_dense_scales(scales, size)
+  views = []
+  for q in scales:
+    canvas = np.stack([augment_lib.resize_shorter_side(image, q) for image in images])
+    views.append(ten_crop(canvas, q)[4])  # The center crop, rounded as data.augment's.
+  return views
+
+
+def pack_views(views: Sequence[np.ndarray]) -> np.ndarray:
+  """[N, sum of H W C]: views of different sizes, each flattened, side by side (`unpack_views`)."""
+  return np.concatenate([v.reshape(v.shape[0], -1) for v in views], axis=1)
+
+
+def unpack_views(packed: jax.Array, scales: Sequence[int]) -> list[jax.Array]:
+  """`pack_views`' inverse for square views of sides `scales`: [N, Q, Q, C] per scale."""
+  channels = packed.shape[1] // sum(q * q for q in scales)
+  views, start = [], 0
+  for q in scales:
+    size = q * q * channels
+    views.append(packed[:, start:start + size].reshape(packed.shape[0], q, q, channels))
+    start += size
+  return views
+
+
+def dense_model(model, variables: dict, image_shapes: Sequence[tuple[int, ...]], key=None):
+  """`model` run densely: with `fully_conv=True` where it has that field (VGG, AlexNet, OverFeat:
+  the FC layers as convolutions, the class map averaged), else as it is (a global average pool
+  head is dense already). Raises a ValueError naming --eval_mode if it cannot run at each of the
+  [H, W, C] `image_shapes` with `variables` (a flatten + dense head without the field)."""
+  if 'fully_conv' in {f.name for f in dataclasses.fields(model)}:
+    model = model.clone(fully_conv=True)
+  rngs = {} if key is None else {'fmp': key}
+  for shape in image_shapes:
+    x = jax.ShapeDtypeStruct((1, *shape), jnp.float32)
+    try:
+      logits = jax.eval_shape(functools.partial(model.apply, train=False, rngs=rngs), variables, x)
+    except Exception as err:  # Shape errors come as several types (flax, jax, TypeError)...
+      raise ValueError(
+          f'--eval_mode=dense: {type(model).__name__} cannot run on {shape[0]}x{shape[1]} images '
+          f'(a flatten + dense head without a fully_conv field?); use another --eval_mode. '
+          f'The error: {type(err).__name__}: {str(err)[:300]}') from err
+    if logits.ndim != 2:
+      raise ValueError(f'--eval_mode=dense: {type(model).__name__} gives logits of shape '
+                       f'{logits.shape} on {shape[0]}x{shape[1]} images')
+  return model
+
+
 def eval_views(images: np.ndarray, mode: str, *, augment: str, size: int, pad: int = 0,
           scales: Sequence[int] = (), scale_crop: str = 'center') -> np.ndarray:
   """[V, N, size, size, C]: the views `mode` scores for a model trained with `augment`.
@@ -113,10 +189,12 @@ def eval_views(images: np.ndarray, mode: str, *, augment: str, size: int, pad: i
   to size / 0.875 (scale, random_resized_crop: the canvas of eval_view); else the image resized
   to size, whose corners are its center (so 2 distinct views: the image and its flip). Its
   center view is the evaluation view. multi_scale: `multi_scale(images, scales, size,
-  scale_crop)`.
+  scale_crop)`. dense has views of several sizes: see `dense_views`.
   """
   if mode not in EVAL_MODES:
     raise ValueError(f'eval mode {mode!r} (--eval_mode) is not one of {EVAL_MODES}')
+  if mode == 'dense':
+    raise ValueError('eval_views: dense views differ in size; use dense_views')
   if mode == 'center':
     return center_crop(images, size, augment)[None]
   if mode == 'multi_scale':
@@ -132,7 +210,8 @@ def eval_views(images: np.ndarray, mode: str, *, augment: str, size: int, pad: i
 
 @dataclasses.dataclass(frozen=True)
 class ViewsMap(grain.transforms.Map):
-  """One example -> its [V, size, size, C] views (see `eval_views`)."""
+  """One example -> its [V, size, size, C] views (see `eval_views`), or in mode 'dense' its
+  `dense_views` packed (`pack_views`)."""
   mode: str
   augment: str
   size: int
@@ -141,6 +220,9 @@ class ViewsMap(grain.transforms.Map):
   scale_crop: str = 'center'
 
   def map(self, element):
+    if self.mode == 'dense':
+      image = pack_views(dense_views(element['image'][None], self.scales, self.size))[0]
+      return {'image': np.ascontiguousarray(image), 'label': element['label']}
     image = eval_views(element['image'][None], self.mode, augment=self.augment, size=self.size,
                   pad=self.pad, scales=self.scales, scale_crop=self.scale_crop)[:, 0]
     return {'image': np.ascontiguousarray(image), 'label': element['label']}
@@ -159,7 +241,8 @@ def stack_members(variables_list: Sequence[dict], pre_list: Sequence[dict]) -> d
 def member_log_probs(model, members: dict, views: jax.Array, key: jax.Array | None = None, *,
                      dtype) -> jax.Array:
   """[M, N, classes]: log of each member's softmax averaged over the [V, N, H, W, C] uint8
-  `views`, one member and one view at a time (lax.map: the memory of one forward pass).
+  `views`, one member and one view at a time (lax.map: the memory of one forward pass), or
+  over a list of [N, H, W, C] views of different sizes (`dense_views`).
 
   `members` come from `stack_members`; `key` is the fixed 'fmp' key eval_step passes.
   """
@@ -170,7 +253,11 @@ def member_log_probs(model, members: dict, views: jax.Array, key: jax.Array | No
       x = data.preprocess.apply(member['pre'], images, dtype)
       logits = model.apply(member['variables'], x, train=False, rngs=rngs)
       return jax.nn.log_softmax(logits.astype(jnp.float32))
-    return jax.nn.logsumexp(lax.map(one_view, views), axis=0) - math.log(views.shape[0])
+    if isinstance(views, (list, tuple)):  # Different sizes: one program per size.
+      each = jnp.stack([one_view(v) for v in views])
+    else:
+      each = lax.map(one_view, views)
+    return jax.nn.logsumexp(each, axis=0) - math.log(len(views))
 
   return lax.map(one_member, members)
 
@@ -189,7 +276,8 @@ def predict(variables_list: Sequence[dict], model, views: np.ndarray,
             pre: dict | Sequence[dict], *, key: jax.Array | None = None,
             dtype=None) -> jax.Array:
   """[N, classes] probabilities: the softmax averaged over the [V, N, H, W, C] uint8 `views`
-  (see `eval_views`; [N, H, W, C] is one view), then over the members `variables_list`
+  (see `eval_views`; [N, H, W, C] is one view; a list of views of different sizes, as
+  `dense_views`', with a model made by `dense_model`), then over the members `variables_list`
   ({'params', 'batch_stats'} each).
 
   `pre` is the preprocessing (`Experiment.preprocessing.arrays()`), one for all members or one
@@ -198,16 +286,25 @@ def predict(variables_list: Sequence[dict], model, views: np.ndarray,
   pres = [pre] * len(variables_list) if isinstance(pre, dict) else list(pre)
   if len(pres) != len(variables_list):
     raise ValueError(f'predict: {len(variables_list)} members but {len(pres)} preprocessings')
-  views = jnp.asarray(views)
-  return _predict(stack_members(variables_list, pres), views[None] if views.ndim == 4 else views,
-                  key, model=model, dtype=model.dtype if dtype is None else dtype)
+  if isinstance(views, (list, tuple)):
+    views = [jnp.asarray(v) for v in views]
+  else:
+    views = jnp.asarray(views)
+    views = views[None] if views.ndim == 4 else views
+  return _predict(stack_members(variables_list, pres), views, key, model=model,
+                  dtype=model.dtype if dtype is None else dtype)
 
 
-def ensemble_eval_step(members: dict, batch: dict, key: jax.Array, *, model, dtype) -> dict:
+def ensemble_eval_step(members: dict, batch: dict, key: jax.Array, *, model, dtype,
+                       dense_scales: tuple[int, ...] | None = None) -> dict:
   """Per device (under DataParallel.map): sums over the global batch (psum, mask-aware) of the
-  loss and correct predictions of each member and, last, of their ensemble; and `examples`."""
-  log_probs = member_log_probs(model, members, jnp.moveaxis(batch['image'], 1, 0), key,
-                               dtype=dtype)
+  loss and correct predictions of each member and, last, of their ensemble; and `examples`.
+  `dense_scales`: the batch's images are packed dense views of these sides (`pack_views`)."""
+  if dense_scales:
+    views = unpack_views(batch['image'], dense_scales)
+  else:
+    views = jnp.moveaxis(batch['image'], 1, 0)
+  log_probs = member_log_probs(model, members, views, key, dtype=dtype)
   log_probs = jnp.concatenate([log_probs, ensemble_log_probs(log_probs)[None]])
   labels, mask = batch['label'], batch['mask']
   loss = -jnp.take_along_axis(log_probs, labels[None, :, None], axis=-1)[..., 0]
@@ -222,12 +319,25 @@ def evaluate_members(config, exp: train.Experiment, names: Sequence[str],
                      mode: str = 'center', *, scales: Sequence[int] | None = None,
                      scale_crop: str = 'center') -> list[dict]:
   """Each member alone and their ensemble on `exp.eval_split`, scored on the views of `mode`:
-  one row per member, then one named 'ensemble' (COLUMNS)."""
+  one row per member, then one named 'ensemble' (COLUMNS). In mode 'dense' the model runs
+  through `dense_model` (default scales: `default_dense_scales`)."""
   d = config.dataset
+  model, dense_scales = exp.model, None
+  if mode == 'dense':
+    scales = tuple(default_dense_scales(d.image_size) if not scales else scales)
+    check_dense_scales(scales, d.image_size)
+    if any('whiten' in pre or np.ndim(pre['mean']) > 1 for pre in pre_list):
+      raise ValueError('--eval_mode=dense: whitening and per-pixel means are fitted at the '
+                       'training size; use another --eval_mode')
+    channels = exp.image_shape[-1]
+    model = dense_model(model, variables_list[0], [(q, q, channels) for q in scales],
+                        exp.eval_key)
+    dense_scales = scales
   scales = tuple(default_scales(d.image_size) if not scales else scales)
   views_map = ViewsMap(mode, d.augment, d.image_size, d.pad, scales, scale_crop)
   step = exp.parallel.map(
-      functools.partial(ensemble_eval_step, model=exp.model, dtype=exp.model.dtype),
+      functools.partial(ensemble_eval_step, model=model, dtype=exp.model.dtype,
+                        dense_scales=dense_scales),
       ('state', 'batch', 'const'))
   members = exp.parallel.replicate(stack_members(variables_list, pre_list))
   batches = data.eval_batches(exp.eval_split, global_batch_size=config.batch_size,
@@ -322,9 +432,11 @@ def define_flags() -> None:
       "Optional: the first workdir's config.json is used; a config given must match it outside "
       f'the evaluation fields ({", ".join(records.EVAL_FIELDS)}).')
   flags.DEFINE_list('workdirs', [], 'Workdirs of finished runs, comma-separated: the members.')
-  flags.DEFINE_enum('eval_mode', 'center', list(EVAL_MODES), 'The views scored (see eval_views).')
+  flags.DEFINE_enum('eval_mode', 'center', list(EVAL_MODES), 'The views scored (see eval_views; '
+                    'dense: whole images at --scales through the fully convolutional model).')
   flags.DEFINE_list('scales', [], 'multi_scale: shorter sides, e.g. 224,256,288 (default '
-                    'image_size x (1, 8/7, 9/7)).')
+                    'image_size x (1, 8/7, 9/7)); dense: the sides of its square views (default '
+                    "OverFeat's 245,281,317,389,425,461 x image_size / 221).")
   flags.DEFINE_enum('scale_crop', 'center', list(SCALE_CROPS), 'multi_scale: crops per scale.')
   flags.DEFINE_bool('ema', False, 'Score the EMA weights (runs with config.ema_decay > 0).')
   flags.DEFINE_string('out', None, 'Write OUT/evaluate.csv.')
