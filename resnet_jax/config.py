@@ -83,9 +83,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.dataset.eval_split = 'test'
   c.dataset.val_fraction = 0.0  # Share of 'train' carved off as 'validation' when none is stored.
   c.dataset.image_size = 32
-  # A preset ('none', 'cifar', 'cifar_cutout', 'imagenet', 'resnet_imagenet') or a comma-separated
-  # list of scale|random_resized_crop|pad_crop, flip, colour_jitter, pca_lighting, cutout (run in
-  # that order, whatever the order listed).
+  # A preset ('none', 'cifar', 'cifar_cutout', 'imagenet', 'resnet_imagenet', 'ciresan') or a
+  # comma-separated list of scale|random_resized_crop|pad_crop, affine, elastic, flip,
+  # colour_jitter, pca_lighting, cutout (run in that order, whatever the order listed).
   c.dataset.augment = 'none'
   c.dataset.pad = 4  # pad_crop: He et al. 2015, Sec. 4.2: 4 pixels padded on each side.
   c.dataset.scale_range = (256, 480)  # scale: He et al. 2015, Sec. 3.4: shorter side in [256, 480].
@@ -98,6 +98,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.dataset.jitter_saturation = 0.4  # colour_jitter's saturation strength.
   c.dataset.pca_lighting_std = 0.1  # Krizhevsky et al. 2012, Sec. 4.1: alpha_i ~ N(0, 0.1).
   c.dataset.cutout_size = 16  # DeVries & Taylor 2017, Sec. 4.1: a 16x16 square on CIFAR-10.
+  # affine: angle and shear uniform in [-max, max] degrees, scales uniform in (low, high) per
+  # axis. Ciresan et al. 2010, Sec. 2: rotation beta = 15 degrees (7.5 for 1s and 7s; one angle
+  # for all here), scaling gamma = 15-20% (15 taken); their beta is rotation or horizontal shear.
+  c.dataset.affine_angle = 15.0
+  c.dataset.affine_shear = 0.0  # tan(shear): sideways shift per row of height (Ciresan 2010).
+  c.dataset.affine_scale_x = (0.85, 1.15)  # affine: horizontal scale range (gamma_x).
+  c.dataset.affine_scale_y = (0.85, 1.15)  # affine: vertical scale range (gamma_y).
+  # elastic: Simard et al. 2003, Sec. 2 (uniform(-1, 1) fields, Gaussian of std sigma, times
+  # alpha pixels); sigma and alpha drawn per image from these ranges: Ciresan et al. 2010, Sec. 2.
+  c.dataset.elastic_sigma = (5.0, 6.0)
+  c.dataset.elastic_alpha = (36.0, 38.0)  # elastic: the smoothed field's scale, pixels.
   # 'fixed' (mean/std below) | 'mean' (training mean image; Krizhevsky et al. 2012, Sec. 2) |
   # 'standardize' | 'pca_whiten' | 'zca_whiten', fitted on the training split (data/preprocess.py).
   c.dataset.preprocess = 'fixed'

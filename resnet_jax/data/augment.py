@@ -7,8 +7,8 @@ device, in the train step.
 
 `config.dataset.augment` is a preset name (`PRESETS`) or a comma-separated list of op names
 (`OPS`) and presets. Whatever order they are listed in, ops run in the one order of `OPS`:
-geometry (at most one of scale, random_resized_crop, pad_crop), then flip, colour_jitter,
-pca_lighting, cutout.
+geometry (at most one of scale, random_resized_crop, pad_crop), then the warps (affine and
+elastic, one resampling for both), flip, colour_jitter, pca_lighting, cutout.
 """
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ from PIL import Image
 from resnet_jax.config import base_config
 
 # The fixed order ops run in, whatever order the config lists them in.
-OPS = ('scale', 'random_resized_crop', 'pad_crop', 'flip', 'colour_jitter', 'pca_lighting',
-       'cutout')
+OPS = ('scale', 'random_resized_crop', 'pad_crop', 'affine', 'elastic', 'flip', 'colour_jitter',
+       'pca_lighting', 'cutout')
 GEOMETRY = ('scale', 'random_resized_crop', 'pad_crop')
 PRESETS = {
     'none': (),
@@ -31,6 +31,8 @@ PRESETS = {
     'cifar_cutout': ('pad_crop', 'flip', 'cutout'),  # DeVries & Taylor 2017, Sec. 4.1.
     'imagenet': ('random_resized_crop', 'flip'),  # Szegedy et al. 2015, Sec. 6.
     'resnet_imagenet': ('scale', 'flip', 'pca_lighting'),  # He et al. 2015, Sec. 3.4.
+  # Ciresan et al. 2010, Sec. 2: rotation and scaling, then elastic distortion (Simard et al. 2003).
+  'ciresan': ('affine', 'elastic'),
 }
 # Grey-level weights of torchvision's rgb_to_grayscale (ITU-R 601-2 luma), as ColorJitter uses.
 LUMA = np.array([0.2989, 0.587, 0.114], np.float32)
@@ -66,6 +68,12 @@ class AugmentOptions:
   saturation: float
   pca_lighting_std: float
   cutout_size: int
+  affine_angle: float = 15.0  # The warps' numbers: config.dataset's defaults (Ciresan 2010).
+  affine_shear: float = 0.0
+  affine_scale_x: tuple[float, float] = (0.85, 1.15)
+  affine_scale_y: tuple[float, float] = (0.85, 1.15)
+  elastic_sigma: tuple[float, float] = (5.0, 6.0)
+  elastic_alpha: tuple[float, float] = (36.0, 38.0)
 
   @classmethod
   def from_config(cls, dataset_config=None) -> AugmentOptions:
@@ -76,7 +84,12 @@ class AugmentOptions:
                crop_ratio=tuple(float(r) for r in d.crop_ratio),
                brightness=float(d.jitter_brightness), contrast=float(d.jitter_contrast),
                saturation=float(d.jitter_saturation), pca_lighting_std=float(d.pca_lighting_std),
-               cutout_size=int(d.cutout_size))
+               cutout_size=int(d.cutout_size), affine_angle=float(d.affine_angle),
+               affine_shear=float(d.affine_shear),
+               affine_scale_x=tuple(float(s) for s in d.affine_scale_x),
+               affine_scale_y=tuple(float(s) for s in d.affine_scale_y),
+               elastic_sigma=tuple(float(s) for s in d.elastic_sigma),
+               elastic_alpha=tuple(float(s) for s in d.elastic_alpha))
 
 
 def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -241,6 +254,88 @@ def cutout(image: np.ndarray, rng: np.random.Generator, size: int,
   return out
 
 
+# Warps: every output pixel p reads the input, bilinearly, at a source point src(p) (zero outside).
+# One sampling grid for affine and elastic together, so a digit is interpolated once.
+
+
+def identity_grid(height: int, width: int) -> np.ndarray:
+  """[2, H, W] float32: each pixel's own (row, column), the source map of no warp."""
+  return np.stack(np.meshgrid(np.arange(height, dtype=np.float32),
+                              np.arange(width, dtype=np.float32), indexing='ij'))
+
+
+def affine_source_matrix(angle: float, shear: float, scale_y: float, scale_x: float) -> np.ndarray:
+  """2x2, (row, column) order: the inverse of the forward map rotation(angle) @ shear @
+  scale, angles in degrees. A positive angle turns the image counter-clockwise as displayed
+  (90: np.rot90); shear moves each row sideways by tan(shear) times its height above the centre
+  (Ciresan et al. 2010, Sec. 2); scale > 1 enlarges."""
+  a, t = math.radians(angle), math.tan(math.radians(shear))
+  rotation = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+  forward = rotation @ np.array([[1.0, 0.0], [-t, 1.0]]) @ np.diag([scale_y, scale_x])
+  return np.linalg.inv(forward).astype(np.float32)
+
+
+def affine_grid(grid: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+  """`grid` mapped about the image centre by `matrix` (affine_source_matrix)."""
+  centre = np.array([(grid.shape[1] - 1) / 2, (grid.shape[2] - 1) / 2], np.float32)[:, None, None]
+  return np.einsum('ij,jhw->ihw', matrix, grid - centre).astype(np.float32) + centre
+
+
+def gaussian_matrix(size: int, sigma: float) -> np.ndarray:
+  """[size, size]: convolution along one axis with a normalised Gaussian of std `sigma`
+  truncated at 3 sigma, zeros beyond the border (Simard et al. 2003, Sec. 2's smoothing)."""
+  offsets = np.arange(size, dtype=np.float32)[:, None] - np.arange(size, dtype=np.float32)[None]
+  radius = math.ceil(3 * sigma)
+  taps = np.exp(-0.5 * (offsets / sigma) ** 2) * (np.abs(offsets) <= radius)
+  norm = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2).sum()
+  return (taps / norm).astype(np.float32)
+
+
+def elastic_displacement(noise: np.ndarray, sigma: float, alpha: float) -> np.ndarray:
+  """Simard et al. 2003, Sec. 2: fields of uniform(-1, 1) `noise` ([2, H, W]: rows, columns)
+  convolved with a Gaussian of std `sigma`, times `alpha` (pixels)."""
+  g_rows, g_cols = gaussian_matrix(noise.shape[1], sigma), gaussian_matrix(noise.shape[2], sigma)
+  return (alpha * np.einsum('ab,kbc,dc->kad', g_rows, noise, g_cols)).astype(np.float32)
+
+
+def bilinear_sample(image: np.ndarray, grid: np.ndarray) -> np.ndarray:
+  """Float [H, W, C]: `image` read at the (row, column) points of `grid` ([2, H, W]) by
+  bilinear interpolation, zero outside the image."""
+  height, width = image.shape[:2]
+  image = image.astype(np.float32)
+  top, left = np.floor(grid[0]), np.floor(grid[1])
+  dy, dx = (grid[0] - top)[..., None], (grid[1] - left)[..., None]
+  top, left = top.astype(np.int64), left.astype(np.int64)
+
+  def pixel(r, c):
+    inside = ((r >= 0) & (r < height) & (c >= 0) & (c < width))[..., None]
+    return np.where(inside, image[np.clip(r, 0, height - 1), np.clip(c, 0, width - 1)], 0.0)
+  return ((1 - dy) * ((1 - dx) * pixel(top, left) + dx * pixel(top, left + 1))
+          + dy * ((1 - dx) * pixel(top + 1, left) + dx * pixel(top + 1, left + 1)))
+
+
+def affine_draws(rng: np.random.Generator, o: AugmentOptions) -> tuple[float, ...]:
+  """(angle, shear, scale_y, scale_x): angle and shear uniform in [-max, max] degrees, the
+  scales uniform in their ranges (Ciresan et al. 2010, Sec. 2's beta and gamma_x, gamma_y)."""
+  angle, shear = rng.uniform(-1.0, 1.0, 2) * np.array([o.affine_angle, o.affine_shear])
+  return (float(angle), float(shear), float(rng.uniform(*o.affine_scale_y)),
+          float(rng.uniform(*o.affine_scale_x)))
+
+
+def warp(image: np.ndarray, rng: np.random.Generator, o: AugmentOptions, *, affine: bool,
+         elastic: bool) -> np.ndarray:
+  """The affine map and / or the elastic distortion, composed into one grid, one resampling:
+  src(p) = c + M (p - c) + alpha * (G_sigma * U(-1, 1))(p), rounded back to uint8."""
+  grid = identity_grid(*image.shape[:2])
+  if affine:
+    grid = affine_grid(grid, affine_source_matrix(*affine_draws(rng, o)))
+  if elastic:
+    sigma, alpha = rng.uniform(*o.elastic_sigma), rng.uniform(*o.elastic_alpha)
+    noise = rng.uniform(-1.0, 1.0, grid.shape).astype(np.float32)
+    grid = grid + elastic_displacement(noise, sigma, alpha)
+  return np.clip(np.round(bilinear_sample(image, grid)), 0, 255).astype(np.uint8)
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class TrainAugment(grain.transforms.RandomMap):
   """Training augmentation: `augment` (a preset or op list) at `image_size`.
@@ -281,6 +376,8 @@ class TrainAugment(grain.transforms.RandomMap):
       image = pad_and_random_crop(resize(image, size, size), rng, size, o.pad)
     else:
       image = resize(image, size, size)
+    if 'affine' in ops or 'elastic' in ops:
+      image = warp(image, rng, o, affine='affine' in ops, elastic='elastic' in ops)
     if 'flip' in ops:
       image = random_flip(image, rng)
     if 'colour_jitter' in ops:

@@ -17,12 +17,16 @@ def check_dataset_config(d) -> None:
   check_preprocess(d)
   bounds = {'scale_range': (lambda lo, hi: 1 <= lo <= hi, '1 <= low <= high'),
             'crop_scale': (lambda lo, hi: 0 < lo <= hi <= 1, '0 < low <= high <= 1'),
-            'crop_ratio': (lambda lo, hi: 0 < lo <= hi, '0 < low <= high')}
+            'crop_ratio': (lambda lo, hi: 0 < lo <= hi, '0 < low <= high'),
+            'affine_scale_x': (lambda lo, hi: 0 < lo <= hi, '0 < low <= high'),
+            'affine_scale_y': (lambda lo, hi: 0 < lo <= hi, '0 < low <= high'),
+            'elastic_sigma': (lambda lo, hi: 0 < lo <= hi, '0 < low <= high'),
+            'elastic_alpha': (lambda lo, hi: 0 <= lo <= hi, '0 <= low <= high')}
   for field, (valid, rule) in bounds.items():
     if len(d[field]) != 2 or not valid(*d[field]):
       raise ValueError(f'config.dataset.{field} must be (low, high) with {rule}, got {d[field]}')
   for field in ('pad', 'jitter_brightness', 'jitter_contrast', 'jitter_saturation',
-                'pca_lighting_std'):
+                'pca_lighting_std', 'affine_angle', 'affine_shear'):
     if d[field] < 0:
       raise ValueError(f'config.dataset.{field} must be >= 0, got {d[field]}')
   if d.cutout_size < 1:

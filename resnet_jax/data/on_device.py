@@ -32,12 +32,17 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from resnet_jax.data.augment import OPS, AugmentOptions, EvalPreprocess, parse_augment
+from resnet_jax.data import augment as host
+from resnet_jax.data.augment import AugmentOptions, EvalPreprocess, parse_augment
 from resnet_jax.data.sources import Split, to_iter_dataset
 from resnet_jax.parallel import AXIS
 
 ON_DEVICE = ('auto', 'always', 'never')
-SUPPORTED_OPS = ('pad_crop', 'flip', 'colour_jitter', 'pca_lighting', 'cutout')
+SUPPORTED_OPS = ('pad_crop', 'affine', 'elastic', 'flip', 'colour_jitter', 'pca_lighting', 'cutout')
+# Each op's key is its position here, in the order ops were added (not augment.OPS, their run
+# order): a new op appends, and the ops before it keep their draws.
+KEYED_OPS = ('scale', 'random_resized_crop', 'pad_crop', 'flip', 'colour_jitter', 'pca_lighting',
+             'cutout', 'affine', 'elastic')
 # 'auto' keeps the split on the devices when its bytes are at most this share of a device's
 # memory: the rest is left to the model, its activations and the optimizer state.
 MEMORY_SHARE = 0.25
@@ -170,6 +175,80 @@ def cutout(image: jax.Array, cy, cx, size: int, fill) -> jax.Array:
   return jnp.where(inside[:, :, None], jnp.asarray(fill, jnp.uint8), image)
 
 
+def affine_grid(grid: jax.Array, matrix: jax.Array) -> jax.Array:
+  """augment.affine_grid: `grid` ([2, H, W]) mapped about the image centre by `matrix`."""
+  centre = jnp.asarray([(grid.shape[1] - 1) / 2, (grid.shape[2] - 1) / 2], jnp.float32)
+  centre = centre[:, None, None]
+  return jnp.einsum('ij,jhw->ihw', matrix, grid - centre) + centre
+
+
+def affine_source_matrix(angle, shear, scale_y, scale_x) -> jax.Array:
+  """augment.affine_source_matrix, traced: the inverse of rotation @ shear @ scale (degrees)."""
+  a, t = jnp.deg2rad(angle), jnp.tan(jnp.deg2rad(shear))
+  cos, sin = jnp.cos(a), jnp.sin(a)
+  # The inverse of [[cos, -sin], [sin, cos]] @ [[1, 0], [-t, 1]] @ diag(sy, sx), written out.
+  forward = jnp.asarray([[cos + t * sin, -sin], [sin - t * cos, cos]]) * jnp.asarray(
+      [scale_y, scale_x])[None, :]
+  det = forward[0, 0] * forward[1, 1] - forward[0, 1] * forward[1, 0]
+  return jnp.asarray([[forward[1, 1], -forward[0, 1]], [-forward[1, 0], forward[0, 0]]]) / det
+
+
+def gaussian_matrix(size: int, sigma) -> jax.Array:
+  """augment.gaussian_matrix with a traced `sigma`: the taps within 3 sigma (at most
+  size - 1 away), normalised by the whole truncated kernel's sum."""
+  offsets = jnp.arange(size, dtype=jnp.float32)[:, None] - jnp.arange(size, dtype=jnp.float32)
+  radius = jnp.ceil(3 * sigma)
+  taps = jnp.exp(-0.5 * (offsets / sigma) ** 2) * (jnp.abs(offsets) <= radius)
+  # The full kernel's sum, over offsets up to any radius the drawn sigmas can reach.
+  span = jnp.arange(-8 * size, 8 * size + 1, dtype=jnp.float32)
+  norm = jnp.sum(jnp.exp(-0.5 * (span / sigma) ** 2) * (jnp.abs(span) <= radius))
+  return taps / norm
+
+
+def elastic_displacement(noise: jax.Array, sigma, alpha) -> jax.Array:
+  """augment.elastic_displacement: uniform(-1, 1) fields smoothed by a Gaussian, times alpha."""
+  g_rows, g_cols = gaussian_matrix(noise.shape[1], sigma), gaussian_matrix(noise.shape[2], sigma)
+  return alpha * jnp.einsum('ab,kbc,dc->kad', g_rows, noise, g_cols)
+
+
+def bilinear_sample(image: jax.Array, grid: jax.Array) -> jax.Array:
+  """augment.bilinear_sample: float `image` read at `grid`'s points, zero outside."""
+  height, width = image.shape[:2]
+  image = image.astype(jnp.float32)
+  top, left = jnp.floor(grid[0]), jnp.floor(grid[1])
+  dy, dx = (grid[0] - top)[..., None], (grid[1] - left)[..., None]
+  top, left = top.astype(jnp.int32), left.astype(jnp.int32)
+
+  def pixel(r, c):
+    inside = ((r >= 0) & (r < height) & (c >= 0) & (c < width))[..., None]
+    return jnp.where(inside, image[jnp.clip(r, 0, height - 1), jnp.clip(c, 0, width - 1)], 0.0)
+  return ((1 - dy) * ((1 - dx) * pixel(top, left) + dx * pixel(top, left + 1))
+          + dy * ((1 - dx) * pixel(top + 1, left) + dx * pixel(top + 1, left + 1)))
+
+
+def warp(image: jax.Array, key: jax.Array, o: AugmentOptions, *, affine: bool,
+         elastic: bool) -> jax.Array:
+  """augment.warp (the same distributions; draws from `key`): affine and / or elastic in one
+  grid, one bilinear resampling, rounded back to uint8."""
+  height, width = image.shape[:2]
+  grid = jnp.asarray(host.identity_grid(height, width))
+  affine_key, elastic_key = jax.random.split(key)
+  if affine:
+    k = jax.random.split(affine_key, 3)
+    angle, shear = jax.random.uniform(k[0], (2,), minval=-1.0, maxval=1.0) * jnp.asarray(
+        [o.affine_angle, o.affine_shear])
+    scale_y = jax.random.uniform(k[1], (), minval=o.affine_scale_y[0], maxval=o.affine_scale_y[1])
+    scale_x = jax.random.uniform(k[2], (), minval=o.affine_scale_x[0], maxval=o.affine_scale_x[1])
+    grid = affine_grid(grid, affine_source_matrix(angle, shear, scale_y, scale_x))
+  if elastic:
+    k = jax.random.split(elastic_key, 3)
+    sigma = jax.random.uniform(k[0], (), minval=o.elastic_sigma[0], maxval=o.elastic_sigma[1])
+    alpha = jax.random.uniform(k[1], (), minval=o.elastic_alpha[0], maxval=o.elastic_alpha[1])
+    noise = jax.random.uniform(k[2], grid.shape, minval=-1.0, maxval=1.0)
+    grid = grid + elastic_displacement(noise, sigma, alpha)
+  return jnp.clip(jnp.round(bilinear_sample(image, grid)), 0, 255).astype(jnp.uint8)
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class DeviceAugment:
   """`config.dataset.augment` on device: one uint8 HWC image and its key -> augmented image.
@@ -197,10 +276,14 @@ class DeviceAugment:
 
   def __call__(self, image: jax.Array, key: jax.Array) -> jax.Array:
     o = self.options
-    keys = dict(zip(OPS, jax.random.split(key, len(OPS))))
+    keys = dict(zip(KEYED_OPS, jax.random.split(key, len(KEYED_OPS))))
     if 'pad_crop' in self.ops:
       top, left = jax.random.randint(keys['pad_crop'], (2,), 0, 2 * o.pad + 1)
       image = pad_crop(image, top, left, o.pad)
+    if 'affine' in self.ops or 'elastic' in self.ops:
+      # One key for both: the grid is one (augment.warp); 'elastic' alone draws from its own.
+      image = warp(image, keys['affine' if 'affine' in self.ops else 'elastic'], o,
+                   affine='affine' in self.ops, elastic='elastic' in self.ops)
     if 'flip' in self.ops:
       image = flip(image, jax.random.bernoulli(keys['flip']))
     if 'colour_jitter' in self.ops:
