@@ -183,6 +183,19 @@ def base_config() -> ml_collections.ConfigDict:
   # JAX's persistent compilation cache (resnet_jax.compilation): a restart loads the compiled
   # steps instead of compiling them again. '' turns it off.
   c.compilation_cache_dir = '~/.cache/resnet_jax/xla'
+
+  # The checks of resnet_jax/babysit.py (docs/babysitting.md).
+  c.babysit = ml_collections.ConfigDict()
+  # A fresh run's first loss against log(num_classes), the loss of uniform predictions.
+  c.babysit.init_loss = True
+  # Each kernel's ||update|| / ||weights|| every step, in the train scalars (~1e-3 is healthy).
+  c.babysit.update_ratio = False
+  # --mode=overfit_batch: steps on one batch of batch_size, stopping below this loss.
+  c.babysit.overfit_steps = 500
+  c.babysit.overfit_loss = 0.01
+  # --mode=lr_find: the range test's steps and its learning rates, first to last (Smith 2017).
+  c.babysit.lr_find_steps = 200
+  c.babysit.lr_find_range = (1e-5, 10.0)
   c.lock()
   return c
 

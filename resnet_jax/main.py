@@ -16,14 +16,18 @@ command_line.define_config_flag('ml_collections config file (default: the embedd
                                 'run); --config.SECTION.FIELD=V overrides a field.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Checkpoints, TensorBoard events, config.json, '
                                 'run.json, results.json.')
-_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'show_config'],
+_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'show_config', 'overfit_batch',
+                                           'lr_find'],
                           'train: train (resuming from the workdir) and evaluate; eval: evaluate '
                           "the workdir's latest checkpoint on config.dataset.eval_split with the "
                           'config it was trained with (--config optional; only the evaluation '
                           f'fields {", ".join(records.EVAL_FIELDS)} may be overridden), writing '
                           'eval_SPLIT.json; show_config: print the resolved config (the '
                           "workdir's stored one with --mode=eval semantics when --workdir has "
-                          'one) and exit.')
+                          'one) and exit; overfit_batch: train on one batch until its loss is '
+                          'near 0 (config.babysit.overfit_*); lr_find: the learning-rate range '
+                          'test, writing lr_find.csv/.png and a suggested base lr '
+                          '(config.babysit.lr_find_*). See docs/babysitting.md.')
 _ALLOW = flags.DEFINE_list('allow_config_change', [],
                            'Fields (dotted, comma-separated, e.g. num_epochs,schedule.base_lr) '
                            'that may differ from the config the workdir was trained with; each '
@@ -60,11 +64,15 @@ def main(argv):
   if jax.process_index() != 0:
     logging.set_verbosity(logging.WARNING)  # Logs from process 0 only.
   # After distributed init: importing builds nothing on devices.
-  from resnet_jax import evaluate, train
+  from resnet_jax import babysit, evaluate, train
   logging.info('JAX %s, %d processes, %d devices (%s)', jax.__version__, jax.process_count(),
                jax.device_count(), jax.devices()[0].platform)
   if _MODE.value == 'eval':
     evaluate.evaluate_checkpoint(config, _WORKDIR.value)
+  elif _MODE.value == 'overfit_batch':
+    babysit.overfit_batch(config, _WORKDIR.value)
+  elif _MODE.value == 'lr_find':
+    babysit.lr_find(config, _WORKDIR.value)
   else:
     train.train_and_evaluate(config, _WORKDIR.value, allow_config_change=_ALLOW.value)
 

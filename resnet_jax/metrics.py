@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging as std_logging
+import math
 import os
 import sys
 import time
@@ -68,6 +69,12 @@ class MetricWriter:
     if self.writer:
       self.writer.add_text(tag, f'```\n{text}\n```', 0)
       self.writer.flush()
+
+  def write_parameters(self, model_name: str, params, flops_per_image=None) -> None:
+    """The `parameter_overview` table of `params`, logged and written as text 'parameters'."""
+    overview = parameter_overview(params, flops_per_image)
+    logging.info('Parameters of %s:\n%s', model_name, overview)
+    self.write_text('parameters', overview)
 
   def write_config(self, config) -> None:
     """The config (a ConfigDict or a dict) as JSON text (tag 'config') and as HParams, its
@@ -263,3 +270,67 @@ def scalars(values: dict, names: list[str] | None = None) -> dict[str, float]:
     return {tag: float(np.asarray(v)) for tag, v in values.items()}
   return {f'{tag}/{name}': float(np.asarray(v).reshape(-1)[i])
           for tag, v in values.items() for i, name in enumerate(names)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Babysitting checks on the fetched metrics (babysit.py has the modes).
+
+# Relative distance from log(num_classes) beyond which the initial loss is called far off: a
+# Kaiming-initialised head gives logits of std ~1 (loss log C + ~0.5); ten times that is a bug.
+INIT_LOSS_TOLERANCE = 0.5
+# The update-to-weight ratio's rule of thumb (CS231n, "Ratio of weights:updates"): ~1e-3.
+RATIO_RANGE = (1e-4, 1e-2)
+
+
+class Watch:
+  """Checks on the metrics the loop fetches (train.loop's `watch`): the initial loss and the
+  update-to-weight ratios, each logged and written to TensorBoard under 'babysit/'."""
+
+  def __init__(self, babysit, num_classes: int, model=None):
+    """`babysit`: config.babysit; `model`: the model trained (its auxiliary classifiers' loss
+    weight, AUX_WEIGHT, is taken out of the first loss)."""
+    self.init_loss, self.num_classes = babysit.init_loss, num_classes
+    self.aux_weight = getattr(model, 'AUX_WEIGHT', 0.0)
+
+  def __call__(self, step_metrics: list[tuple[int, dict]], writer: MetricWriter) -> None:
+    first_step, first = step_metrics[0]
+    if self.init_loss and first_step == 1:  # A fresh run: step 1 saw the initial weights.
+      # The main classifier's loss: `loss` also holds the weighted auxiliary losses.
+      loss = np.asarray(first['loss']) - self.aux_weight * np.asarray(first.get('aux_loss', 0.0))
+      writer.write(1, {'babysit/initial_loss': float(np.mean(loss)),
+                       'babysit/chance_loss': math.log(self.num_classes)})
+      check_initial_loss(loss, self.num_classes)
+    ratios = {k: v for k, v in step_metrics[-1][1].items() if k.startswith('update_ratio/')}
+    if ratios:
+      logging.info('%s', describe_update_ratios(ratios, step_metrics[-1][0]))
+
+
+def check_initial_loss(loss, num_classes: int) -> bool:
+  """Logs the first step's loss beside log(num_classes), as a warning when it is further than
+  INIT_LOSS_TOLERANCE (relative) from it; returns whether it is within."""
+  chance = math.log(num_classes)
+  worst = float(np.max(np.abs(np.asarray(loss) - chance)))
+  ok = worst <= INIT_LOSS_TOLERANCE * chance
+  message = (f'initial loss {describe_values(np.asarray(loss).tolist())}, chance level '
+             f'log({num_classes}) = {chance:.3f}')
+  if ok:
+    logging.info('%s: as expected.', message)
+  else:
+    logging.warning('%s: far off. Check the init (config.model.init), the input scaling '
+                    '(config.dataset.mean/std) and the labels before training on.', message)
+  return ok
+
+
+def describe_update_ratios(ratios: dict, step: int) -> str:
+  """One line: the median, lowest and highest update-to-weight ratio over the kernels, and a
+  note when the median is outside RATIO_RANGE."""
+  values = {k.removeprefix('update_ratio/'): float(np.mean(v)) for k, v in ratios.items()}
+  low, high = min(values, key=values.get), max(values, key=values.get)
+  median = float(np.median(list(values.values())))
+  line = (f'update/weight ratio at step {step}: median {median:.2g} over {len(values)} kernels '
+          f'(lowest {values[low]:.2g} {low}, highest {values[high]:.2g} {high})')
+  if median < RATIO_RANGE[0]:
+    return line + '; below ~1e-3: the learning rate may be too low'
+  if median > RATIO_RANGE[1]:
+    return line + '; above ~1e-3: the learning rate may be too high'
+  return line

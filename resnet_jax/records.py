@@ -37,10 +37,12 @@ RESULTS_FILE = 'results.json'  # The training run's final evaluation.
 # never what was trained.
 EVAL_FIELDS = ('dataset.eval_split', 'batch_size', 'dataset.data_dir', 'dataset.num_workers',
                'parallelism', 'compilation_cache_dir')
-# What a restart may change without --allow_config_change (logged, recorded): how to recover and
-# where compiled programs are cached, not what is trained. The damaged-checkpoint error itself
-# asks for restore_fallback=true.
-RECOVERY_FIELDS = ('restore_fallback', 'compilation_cache_dir')
+# What a restart may change without --allow_config_change (logged, recorded): how to recover,
+# where compiled programs are cached and what is watched, not what is trained. The
+# damaged-checkpoint error itself asks for restore_fallback=true.
+RECOVERY_FIELDS = ('restore_fallback', 'compilation_cache_dir', 'babysit.init_loss',
+                   'babysit.update_ratio', 'babysit.overfit_steps', 'babysit.overfit_loss',
+                   'babysit.lr_find_steps', 'babysit.lr_find_range')
 # Names other codebases give our fields (torch, timm, Keras), for the unknown-field hint.
 ALIASES = {'learning_rate': 'schedule.base_lr', 'lr': 'schedule.base_lr',
            'epochs': 'num_epochs', 'wd': 'optimizer.weight_decay', 'model': 'model.name',

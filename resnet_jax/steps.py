@@ -132,7 +132,7 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, pre: dict | None 
                ema_decay: float = 0.0, loss_weight_decay: float = 0.0, l1: float = 0.0,
                decay_norm_and_bias: bool = False, mixup_alpha: float = 0.0,
                cutmix_alpha: float = 0.0, mix_prob: float = 1.0, mix_switch_prob: float = 0.5,
-               frozen_modules: frozenset[str] = frozenset()):
+               frozen_modules: frozenset[str] = frozenset(), update_ratios: bool = False):
   """One optimizer update on this device's slice of the global batch (call it under
   parallel.DataParallel.map).
 
@@ -158,6 +158,8 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, pre: dict | None 
     the BN statistics.
   - `frozen_modules` (optim.frozen_modules): their BatchNorm layers run on, and keep, their
     running statistics (optim.frozen_batch_norm).
+  - `update_ratios`: the metrics also hold each kernel's update-to-weight ratio
+    (update_to_weight_ratios); off, the step computes and returns nothing of it.
   """
   # Randomness tree: run key -> step -> device -> purpose (GUIDE: fold_in(root, step)).
   key = jax.random.fold_in(jax.random.fold_in(key, state.step), lax.axis_index(AXIS))
@@ -226,6 +228,8 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, pre: dict | None 
   metrics['grad_norm'] = optax.tree.norm(grads)
   finite = jnp.isfinite(metrics['loss']) & jnp.isfinite(metrics['grad_norm'])
   new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  if update_ratios:
+    metrics.update(update_to_weight_ratios(state.params, new_state.params))
   if ema_decay:
     new = {'params': new_state.params, 'batch_stats': new_state.batch_stats}
     new_state = new_state.replace(ema=jax.tree.map(
@@ -236,6 +240,21 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, pre: dict | None 
                                   skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32))
   metrics['skipped_steps'] = new_state.skipped_steps
   return new_state, metrics
+
+
+def update_to_weight_ratios(old, new) -> dict[str, jax.Array]:
+  """{'update_ratio/PATH': ||new - old|| / ||old||} for every conv/dense kernel (PATH its module,
+  '/'-joined): the size of one real update (learning rate, momentum and decay included) against
+  the weights' (CS231n, "Babysitting": about 1e-3 is healthy). Biases and BatchNorm parameters,
+  which may start at zero, are left out."""
+  ratios = {}
+  for (path, w), w_new in zip(jax.tree_util.tree_flatten_with_path(old)[0],
+                              jax.tree_util.tree_leaves(new)):
+    if path[-1].key == 'kernel':
+      name = '/'.join(k.key for k in path[:-1])
+      ratios[f'update_ratio/{name}'] = (optax.tree.norm(w_new - w)
+                                        / jnp.maximum(optax.tree.norm(w), 1e-12))
+  return ratios
 
 
 def eval_step(state: TrainState, batch: dict, key: jax.Array | None = None,

@@ -280,7 +280,8 @@ def train_members(config, exp: train.Experiment, names: list[str], states, p_ste
         advance=lambda s, step, n: p_step(s, hp, parallel.shard_batch(next_batch()), keys,
                                           exp.pre_arrays),
         evaluate=functools.partial(train.evaluate, exp, p_eval=p_eval), save=save,
-        writer=writer, schedule=exp.schedule, skip_nonfinite=config.skip_nonfinite, names=names)
+        writer=writer, schedule=exp.schedule, skip_nonfinite=config.skip_nonfinite, names=names,
+        watch=metrics.Watch(config.babysit, exp.eval_split.num_classes, exp.model))
     for checkpointer in checkpointers:
       checkpointer.wait()
   finally:

@@ -95,8 +95,8 @@ def train_step_options(config, model, groups=None) -> dict:
   """The keyword arguments of `steps.train_step` that come from the config (and the model)."""
   groups = build_param_groups(config) if groups is None else groups
   return dict(label_smoothing=config.label_smoothing, skip_nonfinite=config.skip_nonfinite,
-              aux_weight=getattr(model, 'AUX_WEIGHT', 0.0),
-              grad_accum_steps=config.grad_accum_steps, ema_decay=config.ema_decay,
+              aux_weight=getattr(model, 'AUX_WEIGHT', 0.0), ema_decay=config.ema_decay,
+              grad_accum_steps=config.grad_accum_steps, update_ratios=config.babysit.update_ratio,
               loss_weight_decay=optim.loss_weight_decay(config.optimizer), l1=config.optimizer.l1,
               decay_norm_and_bias=config.optimizer.decay_norm_and_bias,
               mixup_alpha=config.mixup_alpha, cutmix_alpha=config.cutmix_alpha,
@@ -221,9 +221,9 @@ def evaluate(exp: Experiment, state=None, p_eval: Callable | None = None) -> dic
 def loop(state, *, parallel: DataParallel, start: int, end: int, total_steps: int,
          steps_per_epoch: int, num_epochs: float, batch_size: int, periods: Periods,
          max_steps_per_call: int, chunked: bool, advance: Callable, evaluate: Callable,
-         save: Callable,
-         writer: metrics.MetricWriter, schedule: optax.Schedule, skip_nonfinite: bool,
-         names: list[str] | None = None) -> tuple[Any, int, dict | None, dict | None]:
+         save: Callable, writer: metrics.MetricWriter, schedule: optax.Schedule,
+         skip_nonfinite: bool, names: list[str] | None = None,
+         watch: metrics.Watch | None = None) -> tuple[Any, int, dict | None, dict | None]:
   """Trains from step `start` to `end` of a run of `total_steps`; returns (state, the step it
   stopped at, the last evaluation, the last logged training means; None where there was none).
 
@@ -235,6 +235,7 @@ def loop(state, *, parallel: DataParallel, start: int, end: int, total_steps: in
     at each evaluation, at `end` and on SIGTERM (then the loop stops early).
   - With `names` the state holds one member per name (vmapped trials, seed ensembles): each
     metric and score is one value per member, logged and written per member.
+  - `watch(step_metrics, writer)` sees every fetched step's metrics (babysitting checks).
   A loss or gradient norm that is NaN or Inf stops the run before it reaches a checkpoint,
   unless `skip_nonfinite`.
   """
@@ -266,6 +267,8 @@ def loop(state, *, parallel: DataParallel, start: int, end: int, total_steps: in
       step_metrics = [pair for (call_steps, _), v in zip(pending, fetched)
                       for pair in metrics.split_by_step(call_steps, v, chunked)]
       metrics.check_finite(step_metrics, skip_nonfinite)
+      if watch:
+        watch(step_metrics, writer)
       window += [v for _, v in step_metrics]
       pending = []
       if log_now:
@@ -322,8 +325,7 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None,
 
 def _train_and_evaluate(config, workdir: str, stop_at_step: int | None, changes: dict) -> dict:
   exp = setup(config, workdir=workdir)
-  d, parallel = config.dataset, exp.parallel
-  periods = exp.periods
+  d, parallel, periods = config.dataset, exp.parallel, exp.periods
   use_device, why = on_device.choose(d, exp.train_split, parallel.local_devices)
   train_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), TRAIN)
   if use_device:
@@ -371,17 +373,16 @@ def _train_and_evaluate(config, workdir: str, stop_at_step: int | None, changes:
                  jax.device_count(), config.parallelism, path, why)
     writer = metrics.MetricWriter(workdir)
     writer.write_config(config)
-    overview = metrics.parameter_overview(  # The model as it is built, before any step.
-        exp.shapes['params'], forward_flops(exp.model, exp.image_shape, compiled=False,
-                                            variables=exp.shapes))
-    logging.info('Parameters of %s:\n%s', config.model.name, overview)
-    writer.write_text('parameters', overview)
+    writer.write_parameters(  # The model as it is built, before any step.
+        config.model.name, exp.shapes['params'],
+        forward_flops(exp.model, exp.image_shape, compiled=False, variables=exp.shapes))
     state, step, last_eval, _ = loop(
         state, parallel=parallel, start=start, end=end, total_steps=exp.total_steps,
         steps_per_epoch=exp.steps_per_epoch, num_epochs=config.num_epochs,
         batch_size=config.batch_size, periods=periods, max_steps_per_call=max_steps,
         chunked=use_device, advance=advance, evaluate=functools.partial(evaluate, exp),
-        save=save, writer=writer, schedule=exp.schedule, skip_nonfinite=config.skip_nonfinite)
+        save=save, writer=writer, schedule=exp.schedule, skip_nonfinite=config.skip_nonfinite,
+        watch=metrics.Watch(config.babysit, exp.eval_split.num_classes, exp.model))
     checkpointer.wait()
   finally:
     if writer:
@@ -394,7 +395,6 @@ def _train_and_evaluate(config, workdir: str, stop_at_step: int | None, changes:
     last_eval = {**evaluate(exp, state), 'step': step}
   records.write_json(workdir, records.RESULTS_FILE, last_eval)  # Whole, or the old one.
   logging.info('Final %s accuracy %.4f (loss %.4f, %d examples, step %d)%s -> %s',
-               last_eval['split'], last_eval['accuracy'], last_eval['loss'],
-               last_eval['examples'], step, metrics.describe_ema(last_eval),
-               os.path.join(workdir, 'results.json'))
+               *(last_eval[k] for k in ('split', 'accuracy', 'loss', 'examples')), step,
+               metrics.describe_ema(last_eval), os.path.join(workdir, 'results.json'))
   return last_eval
