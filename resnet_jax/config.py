@@ -76,6 +76,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.bias_init = config_dict.placeholder(float)
   # MobileNet v1/v2: the width multiplier (Howard et al. 2017, Sec. 4.2; Sandler et al. 2018).
   c.model.width = config_dict.placeholder(float)
+  # LeNet-5, AlexNet: 'avg' | 'max' | 'max+avg' (the sum; Mishkin et al. 2016's best pooling).
+  c.model.pool = config_dict.placeholder(str)
+  # AlexNet: hidden width of a learned 1x1 colour transform at the input (Mishkin et al. 2016:
+  # RGB -> 10 -> 3); 0 none.
+  c.model.colour_transform = config_dict.placeholder(int)
+  # FractalNet: local drop-path probability per join input (Larsson et al. 2016, Sec. 4: 0.15),
+  # and `column`: one column alone (0 the shallowest; Sec. 4.3, Table 3).
+  c.model.drop_path = config_dict.placeholder(float)
+  c.model.column = config_dict.placeholder(int)
 
   c.dataset = ml_collections.ConfigDict()
   c.dataset.source = 'digits'  # 'digits' | 'tfds:NAME' | 'folder:PATH'

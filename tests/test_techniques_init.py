@@ -62,8 +62,8 @@ def test_activation_constants():
 
 @pytest.mark.parametrize('name, match', [
     ('swishy', r"unknown activation 'swishy'; valid: elu, elu:ALPHA, gelu, leaky_relu, "
-               r'leaky_relu:SLOPE, prelu, prelu_shared, relu, relu6, selu, sigmoid, silu, swish, '
-               r'tanh$'),
+               r'leaky_relu:SLOPE, prelu, prelu_shared, relu, relu6, scaled_tanh, selu, sigmoid, '
+               r'silu, swish, tanh$'),
     ('leaky_relu:abc', 'SLOPE must be a finite number'),
     ('leaky_relu:nan', 'SLOPE must be a finite number'),
     ('tanh:0.2', r'only elu, leaky_relu take an argument.*valid:.*sigmoid'),

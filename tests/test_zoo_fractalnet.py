@@ -235,3 +235,12 @@ def test_param_counts():
   # 256 + 512 + 512) = 10,304 parameters fewer than ours, 33,714,314, i.e. 33.7M, not Table 1's
   # 38.6M.
   assert count_params('fractalnet20') - 7 * (64 + 128 + 256 + 512 + 512) == 33_714_314
+
+
+def test_the_config_fields_reach_fractalnet():
+  from resnet_jax import train
+  from resnet_jax.config import base_config
+  config = base_config()
+  config.model.name, config.model.drop_path, config.model.column = 'fractalnet20', 0.15, 2
+  model = train.build_model(config, 10)
+  assert (model.drop_path, model.column, model.num_columns) == (0.15, 2, 3)

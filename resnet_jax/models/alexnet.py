@@ -55,6 +55,10 @@ class AlexNet(nn.Module):
     act / kernel_init: names in layers.ACTIVATIONS / layers.KERNEL_INITS.
     unit_bias: Sec. 5: biases of conv2, conv4, conv5 and the hidden FC layers start at 1 (the
       ReLUs then get positive inputs early on), the others at 0. Otherwise all biases start at 0.
+    pool: a name in layers.POOLS for the three 3x3/2 pools ('max', the paper's; 'max+avg':
+      Mishkin et al. 2016's best pooling).
+    colour_transform: the hidden width of a learned colour transform at the input
+      (layers.ColourTransform: 1x1 convolutions RGB -> 10 -> 3 in Mishkin et al. 2016); 0: none.
     fully_conv: dense evaluation (Sermanet et al. 2013, Sec. 3.5; Simonyan & Zisserman 2015,
       Sec. 3.2): the first FC layer becomes a 6x6 convolution (no adaptive pool), the others 1x1
       convolutions, with the same parameters, and the class score map is averaged over space.
@@ -73,6 +77,8 @@ class AlexNet(nn.Module):
   act: str = 'relu'
   kernel_init: str = 'kaiming_in'
   unit_bias: bool = False
+  pool: str = 'max'
+  colour_transform: int = 0
   fully_conv: bool = False
 
   @nn.compact
@@ -81,6 +87,9 @@ class AlexNet(nn.Module):
       raise ValueError(f'AlexNet has 5 convolutions: widths {self.widths}, groups {self.groups}')
     act = layers.get_activation(self.act)
     kinit = layers.get_kernel_init(self.kernel_init)
+    pool = layers.get_pool(self.pool)
+    if self.colour_transform:
+      x = layers.ColourTransform(self.colour_transform, dtype=self.dtype, name='colour')(x)
 
     def bias_init(one: bool) -> layers.Initializer:
       return nn.initializers.ones if one and self.unit_bias else nn.initializers.zeros
@@ -101,7 +110,7 @@ class AlexNet(nn.Module):
         index += 1
       if i in (0, 1, 4):
         # Sec. 3.4: overlapping pooling, z=3 > s=2.
-        x = nn.max_pool(x, (3, 3), strides=(2, 2))
+        x = pool(x, (3, 3), strides=(2, 2))
         index += 1
 
     if self.pooled_size is not None and not self.fully_conv:

@@ -216,6 +216,45 @@ def get_activation(name: str) -> Callable[[jax.Array], jax.Array]:
   return _lookup(ACTIVATIONS, 'activation', name, PARAMETRIC_ACTIVATIONS)
 
 
+def max_plus_avg_pool(x: jax.Array, window_shape, strides=None, padding='VALID') -> jax.Array:
+  """The sum of max and average pooling over the same windows (Mishkin, Sergievskiy & Matas
+  2016, "Systematic evaluation of CNN advances on the ImageNet", pooling variants: max + average
+  beat either alone on their CaffeNet at no cost in parameters)."""
+  return (nn.max_pool(x, window_shape, strides, padding)
+          + nn.avg_pool(x, window_shape, strides, padding))
+
+
+# Parameter-free pooling of the nets that take a `pool` name (LeNet-5, AlexNet), with
+# flax's (x, window_shape, strides, padding) signature.
+POOLS: dict[str, Callable[..., jax.Array]] = {
+  'avg': nn.avg_pool,  # LeCun et al. 1998's subsampling, without its trainable coefficient
+  'max': nn.max_pool,
+  'max+avg': max_plus_avg_pool,  # Mishkin et al. 2016
+}
+
+
+def get_pool(name: str) -> Callable[..., jax.Array]:
+  """The pooling `name` (see POOLS)."""
+  return _lookup(POOLS, 'pool', name)
+
+
+class ColourTransform(nn.Module):
+  """A learned colour-space transform at the input (Mishkin, Sergievskiy & Matas 2016, colour
+  spaces: of RGB, HSV, YCbCr, Lab, grey and learned ones, a learned 'mini-network' of 1x1
+  convolutions RGB -> 10 -> 3 with very leaky ReLU scored best). Each 1x1 convolution (with bias)
+  is followed by `act`; the output has the input's channels, so the net after it is unchanged."""
+
+  hidden: int = 10
+  act: str = 'leaky_relu:0.333'  # Very leaky ReLU, slope 1/3 (Graham 2014's; Mishkin et al.).
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    act = get_activation(self.act)
+    conv = dict(dtype=self.dtype, param_dtype=jnp.float32)
+    y = act(nn.Conv(self.hidden, (1, 1), name='mix', **conv)(x))
+    return act(nn.Conv(x.shape[-1], (1, 1), name='out', **conv)(y))
+
 def get_kernel_init(name: str) -> Initializer:
   """The kernel initializer `name` (see KERNEL_INITS), or 'normal:0.01' style."""
   return _lookup(KERNEL_INITS, 'kernel_init', name, PARAMETRIC_KERNEL_INITS)

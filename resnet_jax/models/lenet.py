@@ -23,8 +23,6 @@ import numpy as np
 from resnet_jax.models import layers
 from resnet_jax.models.registry import register
 
-POOLS = {'avg': nn.avg_pool, 'max': nn.max_pool}
-
 # LeCun et al. 1998, Table I: the S2 maps each C3 map takes. Maps 0-5 see 3 neighbouring maps,
 # 6-11 four neighbouring, 12-14 four non-neighbouring, 15 all six: 60 connections.
 C3_TABLE = (
@@ -68,13 +66,13 @@ class TableConv(nn.Module):
 
 
 class LeNet5(nn.Module):
-  """LeNet-5. `act` is a name in layers.ACTIVATIONS; `pool` is 'avg' (the paper's averaging
-  subsampling) or 'max'; `kernel_init` a name in layers.KERNEL_INITS; `dropout_rate` applies
-  before the output layer (the `dropout` RNG stream). `dropconnect_rate` puts DropConnect (Wan
-  et al. 2013, layers.DropConnectDense, the `dropout` stream) on the weights of F6 and of the
-  output layer; 0 keeps plain nn.Dense layers, with the same parameters either way.
-  `sparse_c3`: C3 with Table I's connection table (TableConv, 1,516 parameters) instead of
-  a full 16@5x5x6 convolution (2,416)."""
+  """LeNet-5. `act` is a name in layers.ACTIVATIONS; `pool` a name in layers.POOLS: 'avg' (the
+  paper's averaging subsampling), 'max' or 'max+avg'; `kernel_init` a name in
+  layers.KERNEL_INITS; `dropout_rate` applies before the output layer (the `dropout` RNG
+  stream). `dropconnect_rate` puts DropConnect (Wan et al. 2013, layers.DropConnectDense, the
+  `dropout` stream) on the weights of F6 and of the output layer; 0 keeps plain nn.Dense layers,
+  with the same parameters either way. `sparse_c3`: C3 with Table I's connection table
+  (TableConv, 1,516 parameters) instead of a full 16@5x5x6 convolution (2,416)."""
 
   num_classes: int
   dtype: Any = jnp.float32
@@ -88,9 +86,7 @@ class LeNet5(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     act = layers.get_activation(self.act)
-    if self.pool not in POOLS:
-      raise ValueError(f'unknown pool {self.pool!r}; valid: {", ".join(POOLS)}')
-    pool = POOLS[self.pool]
+    pool = layers.get_pool(self.pool)
     kinit = layers.get_kernel_init(self.kernel_init)
     conv = dict(padding='VALID', dtype=self.dtype, param_dtype=jnp.float32, kernel_init=kinit)
     dense_kwargs = dict(dtype=self.dtype, param_dtype=jnp.float32, kernel_init=kinit)
