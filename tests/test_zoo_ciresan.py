@@ -198,3 +198,19 @@ def test_bad_distortion_fields_are_named(field, value, rule):
   config.dataset[field] = value
   with pytest.raises(ValueError, match=f'config.dataset.{field} must .*{re.escape(rule)}'):
     data.check_dataset_config(config.dataset)
+
+
+def test_one_sgd_step_on_the_smallest_net_lowers_its_loss():
+  model = create_model('ciresan_mlp1', num_classes=10)
+  variables = initial_variables(model, jax.random.key(0), (29, 29, 1))
+  x = jax.random.uniform(jax.random.key(1), (8, 29, 29, 1), minval=-1.0, maxval=1.0)
+  y = jnp.arange(8) % 10
+
+  def loss(params):
+    logits = model.apply({'params': params}, x, train=True)
+    return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(8), y])
+
+  value, grads = jax.jit(jax.value_and_grad(loss))(variables['params'])
+  assert all(np.abs(g).max() > 0 for g in jax.tree_util.tree_leaves(grads))
+  stepped = jax.tree.map(lambda p, g: p - 0.01 * g, variables['params'], grads)
+  assert loss(stepped) < value
