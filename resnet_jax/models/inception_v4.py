@@ -200,6 +200,26 @@ def _conv_and_norm(module: nn.Module, train: bool) -> tuple[ModuleDef, ModuleDef
   return conv, norm
 
 
+def _residual_parts(module: nn.Module, train: bool) -> tuple[ModuleDef, dict]:
+  """An Inception-ResNet's conv + BN + act partial and the keyword arguments of its residual
+  blocks (the branch convolutions, the linear 1x1 projection with bias, the activation)."""
+  act = layers.get_activation(module.act)
+  conv, norm = _conv_and_norm(module, train)
+  basic = functools.partial(layers.BasicConv2d, conv=conv, norm=norm, act=act)
+  return basic, dict(basic=basic, linear_conv=functools.partial(conv, use_bias=True), act=act)
+
+
+def _stem_start(x: jax.Array, basic: ModuleDef) -> jax.Array:
+  """What the Inception-ResNet stems share (v1's Fig. 14, v2's released stem): 299 -> 149 ->
+  147 -> 147 (64) -> pool 73 -> 73 (80) -> 71 (192)."""
+  x = basic(32, 3, strides=2, name='conv2d_1a')(x)
+  x = basic(32, 3, name='conv2d_2a')(x)
+  x = basic(64, 3, padding=1, name='conv2d_2b')(x)
+  x = _max_pool_3x3_s2(x)
+  x = basic(80, 1, name='conv2d_3b')(x)
+  return basic(192, 3, name='conv2d_4a')(x)
+
+
 def _head(module: nn.Module, x: jax.Array, train: bool, name: str) -> jax.Array:
   """Global average pool, dropout, fully connected layer; float32 logits."""
   x = jnp.mean(x, axis=(1, 2))
@@ -411,21 +431,12 @@ class InceptionResNetV2(nn.Module):
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     if len(self.stage_sizes) != 3 or self.stage_sizes[2] < 1:
       raise ValueError(f'stage_sizes needs 3 entries, the last >= 1, got {self.stage_sizes}')
-    act = layers.get_activation(self.act)
-    conv, norm = _conv_and_norm(self, train)
-    basic = functools.partial(layers.BasicConv2d, conv=conv, norm=norm, act=act)
-    residual = dict(basic=basic, linear_conv=functools.partial(conv, use_bias=True), act=act)
+    basic, residual = _residual_parts(self, train)
     scale_a, scale_b, scale_c = self.residual_scales
     num_a, num_b, num_c = self.stage_sizes
 
-    # Released stem (Inception-v3's): 299 -> 149 -> 147 -> 147 -> pool 73 -> 73 -> 71 -> pool 35.
-    x = basic(32, 3, strides=2, name='conv2d_1a')(x)
-    x = basic(32, 3, name='conv2d_2a')(x)
-    x = basic(64, 3, padding=1, name='conv2d_2b')(x)
-    x = _max_pool_3x3_s2(x)
-    x = basic(80, 1, name='conv2d_3b')(x)
-    x = basic(192, 3, name='conv2d_4a')(x)
-    x = _max_pool_3x3_s2(x)
+    # Released stem (Inception-v3's): 299 -> ... -> 71 (stem_start) -> pool 35.
+    x = _max_pool_3x3_s2(_stem_start(x, basic))
     x = Mixed5b(basic, name='mixed_5b')(x)
     w = V2_WIDTHS
     for i in range(num_a):
@@ -472,22 +483,13 @@ class InceptionResNetV1(nn.Module):
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     if len(self.stage_sizes) != 3:
       raise ValueError(f'stage_sizes needs 3 entries (A, B, C blocks), got {self.stage_sizes}')
-    act = layers.get_activation(self.act)
-    conv, norm = _conv_and_norm(self, train)
-    basic = functools.partial(layers.BasicConv2d, conv=conv, norm=norm, act=act)
-    residual = dict(basic=basic, linear_conv=functools.partial(conv, use_bias=True), act=act)
+    basic, residual = _residual_parts(self, train)
     scale_a, scale_b, scale_c = self.residual_scales
     num_a, num_b, num_c = self.stage_sizes
     w = V1_WIDTHS
 
-    # Fig. 14 stem: 299 -> 149 -> 147 -> 147 -> pool 73 -> 73 -> 71 -> 35 (256 channels).
-    x = basic(32, 3, strides=2, name='conv2d_1a')(x)
-    x = basic(32, 3, name='conv2d_2a')(x)
-    x = basic(64, 3, padding=1, name='conv2d_2b')(x)
-    x = _max_pool_3x3_s2(x)
-    x = basic(80, 1, name='conv2d_3b')(x)
-    x = basic(192, 3, name='conv2d_4a')(x)
-    x = basic(256, 3, strides=2, name='conv2d_4b')(x)
+    # Fig. 14 stem: 299 -> ... -> 71 (stem_start) -> 35 (256 channels).
+    x = basic(256, 3, strides=2, name='conv2d_4b')(_stem_start(x, basic))
     for i in range(num_a):
       x = Block35(scale=scale_a, widths=w['a'], name=f'repeat.{i}', **residual)(x)
     x = ReductionA((192, 192, 256, 384), basic, name='mixed_6a')(x)  # Table 1 -> 17x17, 896
