@@ -19,7 +19,6 @@ docs/babysitting.md shows them.
 from __future__ import annotations
 
 import csv
-import json
 import os
 import sys
 
@@ -57,28 +56,21 @@ def base(source: str):
 
 
 def curve(run: str, run_dir: str) -> list[dict]:
-  """The logged training steps of a run's metrics.jsonl, with its update-ratio summary."""
+  """The logged training steps of a run, with its update-ratio summary."""
   rows = []
-  for record in metrics_lines(os.path.join(run_dir, 'metrics.jsonl')):
+  for step, record in metrics.read_metrics(run_dir).items():
     if 'train/loss' not in record:
       continue
     ratios = [v for k, v in record.items() if k.startswith('train/update_ratio/')]
-    rows.append({'run': run, 'step': record['step'], 'lr': record['train/learning_rate'],
+    rows.append({'run': run, 'step': step, 'lr': record['train/learning_rate'],
                  'loss': record['train/loss'], 'accuracy': record['train/accuracy'],
                  'ratio_median': float(np.median(ratios)), 'ratio_min': min(ratios),
                  'ratio_max': max(ratios)})
   return rows
 
 
-def metrics_lines(path: str) -> list[dict]:
-  with open(path) as f:
-    return [json.loads(line) for line in f]
-
-
 def first_loss(run_dir: str) -> float:
-  return next(r['babysit/initial_loss'] for r in metrics_lines(os.path.join(run_dir,
-                                                                           'metrics.jsonl'))
-              if 'babysit/initial_loss' in r)
+  return metrics.read_metrics(run_dir)[1]['babysit/initial_loss']
 
 
 def plot(rows: list[dict], finder: list[tuple], suggestion: dict, path: str) -> None:
@@ -127,7 +119,7 @@ def main(argv) -> None:
   config.babysit.lr_find_steps = _LR_FIND_STEPS.value
   config.babysit.lr_find_range = (1e-4, 10.0)
   suggestion = babysit.lr_find(config, workdir)
-  finder = babysit.read_losses(os.path.join(workdir, 'lr_find', 'metrics.jsonl'))
+  finder = babysit.read_losses(os.path.join(workdir, 'lr_find'))
   rows, lines = [], ['| run | lr | first loss (log 10 = 2.303) | last training loss | '
                      'validation accuracy | median update/weight ratio, last log |',
                      '|---|---|---|---|---|---|']

@@ -22,7 +22,6 @@ data and step as the training they check.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 
@@ -126,7 +125,7 @@ def lr_find(config, workdir: str) -> dict:
   steps_per_epoch = max(1, examples // config.batch_size)
   run = os.path.join(workdir, 'lr_find')
   train.train_and_evaluate(lr_find_config(config, steps_per_epoch), run)
-  rows = read_losses(os.path.join(run, 'metrics.jsonl'))
+  rows = read_losses(run)
   result = suggest_lr([r[1] for r in rows], [r[2] for r in rows])
   smoothed = smooth([r[2] for r in rows])
   with open(os.path.join(workdir, 'lr_find.csv'), 'w', newline='') as f:
@@ -144,16 +143,10 @@ def lr_find(config, workdir: str) -> dict:
   return result
 
 
-def read_losses(path: str) -> list[tuple[int, float, float]]:
-  """(step, learning rate, loss) per logged step of a metrics.jsonl (the last line of a step
-  wins, as for a resumed run)."""
-  by_step = {}
-  with open(path) as f:
-    for line in f:
-      record = json.loads(line)
-      if 'train/loss' in record:
-        by_step[record['step']] = (record['train/learning_rate'], record['train/loss'])
-  return [(step, lr, loss) for step, (lr, loss) in sorted(by_step.items())]
+def read_losses(run_dir: str) -> list[tuple[int, float, float]]:
+  """(step, learning rate, loss) per logged training step of a run (metrics.read_metrics)."""
+  return [(step, r['train/learning_rate'], r['train/loss'])
+          for step, r in metrics.read_metrics(run_dir).items() if 'train/loss' in r]
 
 
 def smooth(losses) -> list[float]:
