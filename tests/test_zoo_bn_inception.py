@@ -26,7 +26,8 @@ def _abstract(name):
                            mutable=True)
   variables = jax.eval_shape(init, jax.random.key(0), jax.ShapeDtypeStruct((1, size, size, 3),
                                                                             jnp.float32))
-  maps = {k: v['__call__'][0].shape[1:] for k, v in variables['intermediates'].items()}
+  maps = {k: v['__call__'][0].shape[1:] for k, v in variables['intermediates'].items()
+          if k != layers.FEATURES}  # the stage ends sown for features_only
   return variables['params'], variables['batch_stats'], maps
 
 

@@ -24,14 +24,16 @@ from resnet_jax.models import (  # noqa: F401
     xception,
 )
 from resnet_jax.models.registry import (
+    FeatureExtractor,
     abstract_variables,
     count_params,
     create_model,
+    feature_info,
     forward_flops,
     initial_variables,
     list_models,
     model_spec,
 )
 
-__all__ = ['abstract_variables', 'count_params', 'create_model', 'forward_flops',
-           'initial_variables', 'list_models', 'model_spec']
+__all__ = ['FeatureExtractor', 'abstract_variables', 'count_params', 'create_model',
+           'feature_info', 'forward_flops', 'initial_variables', 'list_models', 'model_spec']

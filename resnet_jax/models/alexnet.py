@@ -39,7 +39,7 @@ def local_response_norm(
   return x / (k + alpha * sums) ** beta
 
 
-class AlexNet(nn.Module):
+class AlexNet(layers.Classifier):
   """AlexNet: five convolutions (11x11/4, 5x5, 3x3, 3x3, 3x3), 3x3/2 max pools after conv1, conv2
   and conv5, then dropout-FC-ReLU, dropout-FC-ReLU, FC (Krizhevsky et al. 2012, Sec. 3.5).
 
@@ -81,8 +81,7 @@ class AlexNet(nn.Module):
   colour_transform: int = 0
   fully_conv: bool = False
 
-  @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+  def backbone(self, x: jax.Array, *, train: bool) -> jax.Array:
     if len(self.widths) != 5 or len(self.groups) != 5:
       raise ValueError(f'AlexNet has 5 convolutions: widths {self.widths}, groups {self.groups}')
     act = layers.get_activation(self.act)
@@ -91,9 +90,6 @@ class AlexNet(nn.Module):
     if self.colour_transform:
       x = layers.ColourTransform(self.colour_transform, dtype=self.dtype, name='colour')(x)
 
-    def bias_init(one: bool) -> layers.Initializer:
-      return nn.initializers.ones if one and self.unit_bias else nn.initializers.zeros
-
     # (kernel, stride, padding) of conv1..conv5, Sec. 3.5.
     geometry = [(11, 4, self.stem_padding), (5, 1, 2), (3, 1, 1), (3, 1, 1), (3, 1, 1)]
     index = 0  # position in torchvision's `features` Sequential
@@ -101,7 +97,7 @@ class AlexNet(nn.Module):
         zip(geometry, self.widths, self.groups)):
       x = nn.Conv(width, (kernel, kernel), strides=(stride, stride), padding=((pad, pad),) * 2,
                   feature_group_count=groups, dtype=self.dtype, param_dtype=jnp.float32,
-                  kernel_init=kinit, bias_init=bias_init(i in (1, 3, 4)),
+                  kernel_init=kinit, bias_init=self._bias_init(i in (1, 3, 4)),
                   name=f'features.{index}')(x)
       x = act(x)
       index += 2
@@ -109,24 +105,41 @@ class AlexNet(nn.Module):
         x = local_response_norm(x)
         index += 1
       if i in (0, 1, 4):
-        # Sec. 3.4: overlapping pooling, z=3 > s=2.
-        x = pool(x, (3, 3), strides=(2, 2))
+        # Sec. 3.4: overlapping pooling, z=3 > s=2. Feature maps as timm's VGG: the last map
+        # before each pool (the resolution ends there), then the last pool's (`features`' end).
+        x = pool(self.stage_end(x), (3, 3), strides=(2, 2))
         index += 1
+    return self.stage_end(x)
 
+  def classify(self, x: jax.Array, *, train: bool, pre_logits: bool) -> jax.Array:
+    act = layers.get_activation(self.act)
     if self.pooled_size is not None and not self.fully_conv:
       x = layers.adaptive_avg_pool(x, (self.pooled_size, self.pooled_size))
-    dense = dict(dtype=self.dtype, param_dtype=jnp.float32, kernel_init=kinit)
+    dense = dict(dtype=self.dtype, param_dtype=jnp.float32,
+                 kernel_init=layers.get_kernel_init(self.kernel_init))
     # classifier: Dropout, Linear, ReLU, Dropout, Linear, ReLU, Linear; the first Linear reads
     # the 6x6 map flattened, or slides over a larger one (fully_conv), the others act per pixel.
     x = x if self.fully_conv else layers.flatten_nchw(x)
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     x = act(layers.FlattenDense(self.hidden, fully_conv=self.fully_conv,
-                                window=self.pooled_size or 6, bias_init=bias_init(True),
+                                window=self.pooled_size or 6, bias_init=self._bias_init(True),
                                 name='classifier.1', **dense)(x))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    x = act(nn.Dense(self.hidden, bias_init=bias_init(True), name='classifier.4', **dense)(x))
-    x = nn.Dense(self.num_classes, bias_init=bias_init(False), name='classifier.6', **dense)(x)
-    if self.fully_conv:  # the class score map averaged over space
+    x = act(nn.Dense(self.hidden, bias_init=self._bias_init(True), name='classifier.4',
+                     **dense)(x))
+    if pre_logits:  # the hidden units of the second FC layer (fc7), what classifier.6 reads
+      return self._logits(x)
+    x = nn.Dense(self.num_classes, bias_init=self._bias_init(False), name='classifier.6',
+                 **dense)(x)
+    return self._logits(x)
+
+  def _bias_init(self, one: bool) -> layers.Initializer:
+    return nn.initializers.ones if one and self.unit_bias else nn.initializers.zeros
+
+  def _logits(self, x: jax.Array) -> jax.Array:
+    """Logits [N, classes] (or features [N, D]); a class score map (fully_conv) is averaged
+    over space."""
+    if x.ndim == 4:
       x = jnp.mean(x, axis=(1, 2))
     return x.astype(layers.output_dtype(self.dtype))
 

@@ -97,7 +97,7 @@ FIG5 = {
 }
 
 
-class BNInception(nn.Module):
+class BNInception(layers.Classifier):
   """BN-Inception (Fig. 5), 224x224 input; the grid is 112, 56, 28, 14 and 7 by stage.
 
   Arguments:
@@ -123,8 +123,7 @@ class BNInception(nn.Module):
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
 
-  @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+  def backbone(self, x: jax.Array, *, train: bool) -> jax.Array:
     conv = functools.partial(nn.Conv, use_bias=self.conv_bias or self.norm == 'none',
                              dtype=self.dtype, param_dtype=jnp.float32,
                              kernel_init=layers.get_kernel_init(self.kernel_init))
@@ -134,20 +133,28 @@ class BNInception(nn.Module):
     basic = functools.partial(layers.BasicConv2d, conv=conv, norm=norm,
                               act=layers.get_activation(self.act))
 
+    # Stage ends (no timm twin): the last map at each grid of Fig. 5, 112 (conv1), 56 (conv2),
+    # 28 (3b), 14 (4d) and 7 (5b): 64, 192, 320, 608 and 1024 channels.
     # Fig. 5 stem: 7x7/2 64 (112), max pool 3x3/2 (56), 1x1 64 and 3x3 192 ("depth 2"), max pool
     # 3x3/2 (28).
     x = basic(64, 7, strides=2, padding=3, name='conv1_7x7_s2')(x)
-    x = layers.max_pool(x, 3, 2, ceil_mode=True)
+    x = layers.max_pool(self.stage_end(x), 3, 2, ceil_mode=True)
     x = basic(64, 1, name='conv2_3x3_reduce')(x)
     x = basic(192, 3, padding=1, name='conv2_3x3')(x)
-    x = layers.max_pool(x, 3, 2, ceil_mode=True)
+    x = layers.max_pool(self.stage_end(x), 3, 2, ceil_mode=True)
     for stage in FIG5:
       widths, pool, strides = FIG5[stage]
+      if strides == 2:  # 3c and 4e reduce the grid: their input is the last map at its size
+        x = self.stage_end(x)
       x = BNInceptionModule(widths, pool, basic, strides, name=f'inception_{stage}')(x)
+    return self.stage_end(x)
+
+  def classify(self, x: jax.Array, *, train: bool, pre_logits: bool) -> jax.Array:
     x = jnp.mean(x, axis=(1, 2))  # Fig. 5: avg pool 7x7/1
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32,
-                 name='last_linear')(x)
+    if not pre_logits:
+      x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32,
+                   name='last_linear')(x)
     return x.astype(layers.output_dtype(self.dtype))
 
 

@@ -179,28 +179,32 @@ def _parts(module: nn.Module, train: bool) -> tuple[Any, Any, Any]:
           norm)
 
 
-def _encode(module: nn.Module, x: jax.Array, conv: Any, norm: Any, *,
-            train: bool) -> tuple[jax.Array, list[jax.Array]]:
+def _encode(module: nn.Module, x: jax.Array, conv: Any, norm: Any, *, train: bool,
+            stage_end: Callable[[jax.Array], jax.Array] = lambda x: x
+            ) -> tuple[jax.Array, list[jax.Array]]:
   """Table 1's initial block and stages 1-3, made as children of `module` (named as in Table 1):
-  (the 1/8-resolution features, the max-pool indices of bottleneck1.0 and 2.0)."""
+  (the 1/8-resolution features, the max-pool indices of bottleneck1.0 and 2.0). `stage_end`
+  marks the last map at each resolution: the initial block's (1/2), stage 1's (1/4) and stage
+  3's (1/8; stage 2 ends at that resolution too)."""
   if x.shape[1] % 8 or x.shape[2] % 8:
     raise ValueError(f'ENet: the input height and width must be multiples of 8, got {x.shape}')
   act = layers.get_activation(module.act)
   initial, width1, width2 = module.widths
   rate1, rate2 = module.dropout_rates
   block = functools.partial(Bottleneck, conv=conv, norm=norm, act=act)
-  x = InitialBlock(initial, conv, norm, act, name='initial')(x)
+  x = stage_end(InitialBlock(initial, conv, norm, act, name='initial')(x))
   x, indices1 = block(width1, dropout_rate=rate1, downsample=True, name='bottleneck1.0')(
       x, train=train)
   for i in range(1, module.stage1_blocks + 1):
     x, _ = block(width1, dropout_rate=rate1, name=f'bottleneck1.{i}')(x, train=train)
+  x = stage_end(x)
   x, indices2 = block(width2, dropout_rate=rate2, downsample=True, name='bottleneck2.0')(
       x, train=train)
   for stage in (2, 3):
     for i, (dilation, asymmetric) in enumerate(module.stage2_layout, start=1):
       x, _ = block(width2, dropout_rate=rate2, dilation=dilation, asymmetric=asymmetric,
                    name=f'bottleneck{stage}.{i}')(x, train=train)
-  return x, [indices1, indices2]
+  return stage_end(x), [indices1, indices2]
 
 
 class ENet(nn.Module):
@@ -259,7 +263,7 @@ class ENet(nn.Module):
     return x.astype(layers.output_dtype(self.dtype))
 
 
-class ENetEncoder(nn.Module):
+class ENetEncoder(layers.Classifier):
   """ENet's encoder (Table 1: the initial block and stages 1-3, at 1/8 of the input's size), a
   global average pool and a dense classifier (`head`): ENet as an image classifier. The
   arguments are `ENet`'s encoder arguments (see there); H and W must be multiples of 8."""
@@ -277,11 +281,14 @@ class ENetEncoder(nn.Module):
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-3
 
-  @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+  def backbone(self, x: jax.Array, *, train: bool) -> jax.Array:
     conv, _, norm = _parts(self, train)
-    x, _ = _encode(self, x, conv, norm, train=train)
+    return _encode(self, x, conv, norm, train=train, stage_end=self.stage_end)[0]
+
+  def classify(self, x: jax.Array, *, train: bool, pre_logits: bool) -> jax.Array:
     x = jnp.mean(x, axis=(1, 2))
+    if pre_logits:
+      return x.astype(layers.output_dtype(self.dtype))
     x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32, name='head')(x)
     return x.astype(layers.output_dtype(self.dtype))
 

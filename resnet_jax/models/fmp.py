@@ -147,7 +147,10 @@ _BODY_FIELDS = ('num_classes', 'filters', 'num_fmp', 'alpha', 'sequence', 'overl
 class _FMPBody(nn.Module):
   """One forward pass of the FMP net with the pooling regions of `key` (layer i: fold_in(key, i)).
 
-  Returns float32 logits.
+  `part` (layers.PARTS): 'logits', the whole pass (float32 logits); 'features', the layers up to
+  C1, returning the stage maps (the output of each FMP layer but the last, then C1's, the
+  head's input); 'head' / 'pre_logits', from C1's map (`key` unused) to the logits / to the
+  spatial mean the classifier reads (float32).
   """
 
   num_classes: int
@@ -166,7 +169,20 @@ class _FMPBody(nn.Module):
   bn_epsilon: float
 
   @nn.compact
-  def __call__(self, x: jax.Array, key: jax.Array, *, train: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, key: jax.Array | None, *, train: bool,
+               part: str = 'logits') -> jax.Array | list[jax.Array]:
+    if part in ('logits', 'features'):
+      maps = self._stages(x, key, train=train)
+      if part == 'features':
+        return maps
+      x = maps[-1]
+    # The classifier reads the spatial mean of C1's map (the identity at the paper's sizes).
+    x = jnp.mean(x, axis=(1, 2))
+    if part != 'pre_logits':
+      x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32, name='output')(x)
+    return x.astype(layers.output_dtype(self.dtype))
+
+  def _stages(self, x: jax.Array, key: jax.Array, *, train: bool) -> list[jax.Array]:
     act = layers.get_activation(self.act)
     conv = functools.partial(
         nn.Conv, padding='VALID', use_bias=self.norm == 'none', dtype=self.dtype,
@@ -188,21 +204,23 @@ class _FMPBody(nn.Module):
       x = conv(self.filters * (i + 1), (kernel, kernel), name=name)(x)
       return act(norm(name=f'{name}_bn')(x))
 
+    # Stage ends: each (C2 - FMP) layer's output (each FMP makes the stride alpha times larger;
+    # the 2x2 valid C2 before it only trims a pixel), but the last, whose stride C2 and C1
+    # keep: there C1's map, the backbone's output, ends the stage.
+    maps = []
     for i in range(self.num_fmp):
       x = layer(x, i, 2, f'conv{i}')
       if min(x.shape[1:3]) < 2:
         raise ValueError(f'input {size[0]}x{size[1]} is too small for {self.num_fmp} FMP layers '
                          f'of alpha {self.alpha:.3f}: FMP {i} gets {x.shape[1]}x{x.shape[2]}')
       x = fractional_max_pool(x, jax.random.fold_in(key, i), self.alpha,
-                                     sequence=self.sequence, overlapping=self.overlapping)
+                              sequence=self.sequence, overlapping=self.overlapping)
+      maps.append(x)
     x = layer(x, self.num_fmp, 2, 'c2')
-    x = layer(x, self.num_fmp + 1, 1, 'c1')
-    x = jnp.mean(x, axis=(1, 2))
-    x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32, name='output')(x)
-    return x.astype(layers.output_dtype(self.dtype))
+    return [*maps[:-1], layer(x, self.num_fmp + 1, 1, 'c1')]
 
 
-class FMPNet(nn.Module):
+class FMPNet(layers.Classifier):
   """Graham's (filters*n C2 - FMP alpha)_num_fmp - C2 - C1 - output net (Graham 2014, Sec. 4).
 
   Arguments:
@@ -223,6 +241,12 @@ class FMPNet(nn.Module):
   The pooling regions come from the `fmp` RNG stream, in training and at eval (pass a fixed key
   there for reproducible evaluations); draw d uses fold_in(key, d), layer i of a draw
   fold_in(draw key, i). Inputs are NHWC.
+
+  `__call__` keeps the `part` protocol of layers.Classifier, but the eval output averages
+  `test_draws` passes, so the parts are one pass: 'features' (features_only, forward_features)
+  the stage maps of training's draw, or at eval of the first test draw (fold_in(key, 0));
+  'head' / 'pre_logits' (forward_head) that draw's logits / pooled C1 features, not the
+  average. With num_classes=0 the output is that draw's pooled features.
   """
 
   num_classes: int
@@ -242,16 +266,26 @@ class FMPNet(nn.Module):
   bn_epsilon: float = 1e-5
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, *, train: bool, part: str = 'logits') -> jax.Array:
+    layers.check_part(part)
     if self.test_draws < 1:
       raise ValueError(f'test_draws must be >= 1, got {self.test_draws}')
+    body = _FMPBody(**{f: getattr(self, f) for f in _BODY_FIELDS}, name='body')
+    pre_logits = part == 'pre_logits' or self.num_classes == 0
+    if part in ('head', 'pre_logits'):  # no pooling left: no draw
+      return body(x, None, train=train, part='pre_logits' if pre_logits else 'head')
     if not (self.has_rng('fmp') or self.has_rng('params')):
       raise ValueError('FMPNet draws its pooling regions from the `fmp` RNG stream, at eval too: '
                        "pass rngs={'fmp': key} to apply")
-    body = _FMPBody(**{f: getattr(self, f) for f in _BODY_FIELDS}, name='body')
     key = self.make_rng('fmp')
-    if train:
-      return body(x, key, train=True)
+    if train or part == 'features' or pre_logits:
+      # One pass: training's draw, or at eval the first test draw.
+      maps = body(x, key if train else jax.random.fold_in(key, 0), train=train, part='features')
+      for stage in maps:
+        self.stage_end(stage)
+      if part == 'features':
+        return maps[-1]
+      return body(maps[-1], None, train=train, part='pre_logits' if pre_logits else 'head')
 
     def add_draw(body: _FMPBody, total: jax.Array, draw_key: jax.Array, x: jax.Array):
       log_probs = jax.nn.log_softmax(body(x, draw_key, train=False))

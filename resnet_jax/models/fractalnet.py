@@ -61,7 +61,7 @@ def local_drop_mask(key: jax.Array, num_inputs: int, drop_rate: float) -> jax.Ar
   return jnp.where(jnp.any(keep), keep, one)
 
 
-class FractalNet(nn.Module):
+class FractalNet(layers.Classifier):
   """FractalNet: B fractal blocks of C columns, each followed by 2x2 max pooling and dropout,
   then a linear classifier (`head`) on the 1x1 map.
 
@@ -119,8 +119,7 @@ class FractalNet(nn.Module):
     self.sow('intermediates', 'drop_path_column', jnp.where(is_global, chosen, -1))
     return key, is_global, chosen
 
-  @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+  def backbone(self, x: jax.Array, *, train: bool) -> jax.Array:
     columns = self.num_columns
     if columns < 1:
       raise ValueError(f'num_columns must be >= 1, got {columns}')
@@ -139,6 +138,11 @@ class FractalNet(nn.Module):
                              act=layers.get_activation(self.act))
     draw = self._drop_path_draw(train)
     length = 2 ** (columns - 1)  # Sec. 2: the longest column of a block
+    # Feature maps: each block's output before its pool (the last map at that resolution), then
+    # the last pool's (1x1 for 5 blocks on 32x32). With pool_columns and column=None the
+    # columns are pooled before each block's last join (Sec. 4), so no block has one map at its
+    # input's resolution: each block's pooled output is marked instead, one stage fewer.
+    pooled_joins = self.pool_columns and self.column is None
 
     def pool(y):  # Sec. 4: 2x2 max pooling after every block
       return nn.max_pool(y, (2, 2), strides=(2, 2))
@@ -154,7 +158,7 @@ class FractalNet(nn.Module):
         k = self.column
         for position in range(2 ** (columns - 1 - k), length + 1, 2 ** (columns - 1 - k)):
           x = conv_unit(k, position, x)
-        x = pool(x)
+        x = pool(self.stage_end(x))
       else:
         inputs = [x] * columns  # what each column's next convolution reads
         for position in range(1, length + 1):
@@ -178,14 +182,20 @@ class FractalNet(nn.Module):
             joins += 1
           for k in cols:
             inputs[k] = joined
-        x = joined if self.pool_columns else pool(joined)
+        x = joined if self.pool_columns else pool(self.stage_end(joined))
       if rate > 0:
         x = nn.Dropout(rate, deterministic=not train)(x)
+      if pooled_joins:
+        x = self.stage_end(x)
+    return x if pooled_joins else self.stage_end(x)
 
+  def classify(self, x: jax.Array, *, train: bool, pre_logits: bool) -> jax.Array:
     if x.shape[1] != 1 or x.shape[2] != 1:
       raise ValueError(f'FractalNet: {len(self.widths)} poolings leave a {x.shape[1:3]} map; the '
                        f'linear classifier reads a 1x1 map (32x32 inputs for 5 blocks)')
     x = x.reshape((x.shape[0], -1))
+    if pre_logits:
+      return x.astype(layers.output_dtype(self.dtype))
     x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32,
                  kernel_init=layers.get_kernel_init(self.kernel_init), name='head')(x)
     return x.astype(layers.output_dtype(self.dtype))

@@ -96,13 +96,19 @@ def caffe_lrn(x: jax.Array) -> jax.Array:
   return local_response_norm(x, size=5, alpha=1e-4 / 5, beta=0.75, k=1.0)
 
 
-class GoogLeNet(nn.Module):
+class GoogLeNet(layers.AuxClassifier):
   """GoogLeNet (Inception v1), 224x224 input, in torchvision's layout.
+
+  `__call__(x, train=..., part=...)` follows layers.Classifier's `part` protocol ('features': the
+  stem and modules up to inception5b's map; 'head' / 'pre_logits': that map to the logits / to
+  the pooled, dropped-out features `fc` reads); it is its own because training with the
+  auxiliary heads returns three arrays, from the whole net ('logits') only.
 
   Arguments:
     aux_logits: build the two auxiliary classifiers (after 4a and 4d). With it, `train=True`
       returns `(logits, aux1, aux2)`; inference returns the logits alone. Combine the losses as
-      `loss + AUX_WEIGHT * (aux1_loss + aux2_loss)` in the training loop.
+      `loss + AUX_WEIGHT * (aux1_loss + aux2_loss)` in the training loop. With num_classes=0
+      (no classifier) there are no auxiliary classifiers either.
     dropout_rate: before the classifier; 0.4 as Table 1 (torchvision trains with 0.2).
     aux_dropout_rate: in the auxiliary classifiers; 0.7 as Sec. 5.
     branch3_kernel: 3 as torchvision (and its weights), 5 as the paper.
@@ -134,34 +140,38 @@ class GoogLeNet(nn.Module):
   # Szegedy et al. 2015, Sec. 5: the auxiliary losses are added with a weight of 0.3.
   AUX_WEIGHT: ClassVar[float] = 0.3
 
-  @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array | tuple[jax.Array, ...]:
+  def _dense(self) -> ModuleDef:
+    return functools.partial(nn.Dense, dtype=self.dtype, param_dtype=jnp.float32,
+                             kernel_init=layers.get_kernel_init(self.kernel_init))
+
+  def trunk(self, x: jax.Array, *, train: bool,
+            run_aux: bool) -> tuple[jax.Array, tuple[jax.Array | None, jax.Array | None]]:
+    """The stem and the Inception modules up to inception5b's map, and the auxiliary heads'
+    logits (None unless `run_aux`)."""
     act = layers.get_activation(self.act)
-    kernel_init = layers.get_kernel_init(self.kernel_init)
     conv = functools.partial(nn.Conv, use_bias=self.norm == 'none', dtype=self.dtype,
-                             param_dtype=jnp.float32, kernel_init=kernel_init)
+                             param_dtype=jnp.float32,
+                             kernel_init=layers.get_kernel_init(self.kernel_init))
     norm = functools.partial(layers.make_norm, self.norm, train=train, dtype=self.dtype,
                              axis_name=self.bn_axis_name, momentum=self.bn_momentum,
                              epsilon=self.bn_epsilon)
-    dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=jnp.float32,
-                              kernel_init=kernel_init)
     basic = functools.partial(layers.BasicConv2d, conv=conv, norm=norm, act=act)
     block = functools.partial(Inception, basic=basic, branch3_kernel=self.branch3_kernel)
-    aux = functools.partial(InceptionAux, self.num_classes, basic=basic, dense=dense, act=act,
-                            dropout_rate=self.aux_dropout_rate, train=train)
-    # Initialisation builds the auxiliary heads too, so their parameters exist for training.
-    run_aux = self.aux_logits and (train or self.is_initializing())
+    aux = functools.partial(InceptionAux, self.num_classes, basic=basic, dense=self._dense(),
+                            act=act, dropout_rate=self.aux_dropout_rate, train=train)
 
+    # Stage ends (no timm twin): the last map at each grid of Table 1, 112 (conv1), 56 (conv3,
+    # after its LRN), 28 (3b), 14 (4e) and 7 (5b): 64, 192, 480, 832 and 1024 channels.
     x = basic(64, 7, strides=2, padding=3, name='conv1')(x)
-    x = layers.max_pool(x, 3, 2, ceil_mode=True)
+    x = layers.max_pool(self.stage_end(x), 3, 2, ceil_mode=True)
     x = caffe_lrn(x) if self.lrn else x  # Fig. 3: pool1 -> LocalRespNorm
     x = basic(64, 1, name='conv2')(x)
     x = basic(192, 3, padding=1, name='conv3')(x)
     x = caffe_lrn(x) if self.lrn else x  # Fig. 3: conv3 -> LocalRespNorm -> pool2
-    x = layers.max_pool(x, 3, 2, ceil_mode=True)
+    x = layers.max_pool(self.stage_end(x), 3, 2, ceil_mode=True)
     x = block(_TABLE1['3a'], name='inception3a')(x)
     x = block(_TABLE1['3b'], name='inception3b')(x)
-    x = layers.max_pool(x, 3, 2, ceil_mode=True)
+    x = layers.max_pool(self.stage_end(x), 3, 2, ceil_mode=True)
     x = block(_TABLE1['4a'], name='inception4a')(x)
     aux1 = aux(name='aux1')(x) if run_aux else None
     x = block(_TABLE1['4b'], name='inception4b')(x)
@@ -169,15 +179,17 @@ class GoogLeNet(nn.Module):
     x = block(_TABLE1['4d'], name='inception4d')(x)
     aux2 = aux(name='aux2')(x) if run_aux else None
     x = block(_TABLE1['4e'], name='inception4e')(x)
-    x = layers.max_pool(x, 2, 2, ceil_mode=True)
+    x = layers.max_pool(self.stage_end(x), 2, 2, ceil_mode=True)
     x = block(_TABLE1['5a'], name='inception5a')(x)
     x = block(_TABLE1['5b'], name='inception5b')(x)
+    return self.stage_end(x), (aux1, aux2)
+
+  def classify(self, x: jax.Array, *, train: bool, pre_logits: bool) -> jax.Array:
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    logits = dense(self.num_classes, name='fc')(x).astype(layers.output_dtype(self.dtype))
-    if self.aux_logits and train:
-      return logits, aux1.astype(logits.dtype), aux2.astype(logits.dtype)
-    return logits
+    if not pre_logits:
+      x = self._dense()(self.num_classes, name='fc')(x)
+    return x.astype(layers.output_dtype(self.dtype))
 
 
 # Szegedy et al. 2015, Sec. 5: ImageNet, 224x224 crops, 1000 classes. The count is

@@ -151,13 +151,19 @@ class InceptionAux(nn.Module):
     return self.dense(self.num_classes, name='fc')(x)
 
 
-class InceptionV3(nn.Module):
+class InceptionV3(layers.AuxClassifier):
   """Inception-v3 in torchvision's layout (299x299; the main path takes down to 75x75).
+
+  `__call__(x, train=..., part=...)` follows layers.Classifier's `part` protocol ('features': the
+  stem and Mixed modules up to Mixed_7c's map; 'head' / 'pre_logits': that map to the logits / to
+  the pooled, dropped-out features `fc` reads); it is its own because training with the
+  auxiliary head returns two arrays, from the whole net ('logits') only.
 
   Arguments:
     aux_logits: build the auxiliary classifier on Mixed_6e. With it, `train=True` returns
       `(logits, aux)`; inference returns the logits alone. Add `AUX_WEIGHT * aux_loss` to the loss
-      in the training loop. The head needs the full 299x299 input (a 17x17 grid).
+      in the training loop. The head needs the full 299x299 input (a 17x17 grid). With
+      num_classes=0 (no classifier) there is no auxiliary classifier either.
     dropout_rate: before the classifier; 0.5 as torchvision.
     act / kernel_init: names in layers.ACTIVATIONS / KERNEL_INITS (convolutions only; the dense
       layers keep flax's LeCun normal init). torchvision draws from N(0, 0.1), which BN makes
@@ -179,46 +185,54 @@ class InceptionV3(nn.Module):
   # Not stated in the paper; 0.4 is the auxiliary loss weight of the authors' TF-slim trainer.
   AUX_WEIGHT: ClassVar[float] = 0.4
 
-  @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array | tuple[jax.Array, jax.Array]:
+  def _dense(self) -> ModuleDef:
+    return functools.partial(nn.Dense, dtype=self.dtype, param_dtype=jnp.float32)
+
+  def trunk(self, x: jax.Array, *, train: bool,
+            run_aux: bool) -> tuple[jax.Array, tuple[jax.Array | None]]:
+    """The stem and the Mixed modules up to Mixed_7c's map, and the auxiliary head's logits
+    (None unless `run_aux`)."""
     act = layers.get_activation(self.act)
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
                              kernel_init=layers.get_kernel_init(self.kernel_init))
     norm = functools.partial(layers.make_norm, 'batch', train=train, dtype=self.dtype,
                              axis_name=self.bn_axis_name, momentum=self.bn_momentum,
                              epsilon=self.bn_epsilon)
-    dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=jnp.float32)
     basic = functools.partial(layers.BasicConv2d, conv=conv, norm=norm, act=act)
 
+    # Stage ends as timm's feature_info: Conv2d_2b_3x3 (147), Conv2d_4a_3x3 (71), Mixed_5d (35),
+    # Mixed_6e (17) and Mixed_7c (8): what enters each stride-2 step after the first, and the
+    # last map.
     # Stem (Table 1): 299 -> 149 -> 147 -> 147 -> pool 73 -> 73 -> 71 -> pool 35.
     x = basic(32, 3, strides=2, name='Conv2d_1a_3x3')(x)
     x = basic(32, 3, name='Conv2d_2a_3x3')(x)
     x = basic(64, 3, padding=1, name='Conv2d_2b_3x3')(x)
-    x = _max_pool_3x3_s2(x)
+    x = _max_pool_3x3_s2(self.stage_end(x))
     x = basic(80, 1, name='Conv2d_3b_1x1')(x)
     x = basic(192, 3, name='Conv2d_4a_3x3')(x)
-    x = _max_pool_3x3_s2(x)
+    x = _max_pool_3x3_s2(self.stage_end(x))
     x = InceptionA(32, basic, name='Mixed_5b')(x)
     x = InceptionA(64, basic, name='Mixed_5c')(x)
     x = InceptionA(64, basic, name='Mixed_5d')(x)
-    x = InceptionB(basic, name='Mixed_6a')(x)
+    x = InceptionB(basic, name='Mixed_6a')(self.stage_end(x))
     x = InceptionC(128, basic, name='Mixed_6b')(x)
     x = InceptionC(160, basic, name='Mixed_6c')(x)
     x = InceptionC(160, basic, name='Mixed_6d')(x)
-    x = InceptionC(192, basic, name='Mixed_6e')(x)
+    x = self.stage_end(InceptionC(192, basic, name='Mixed_6e')(x))
     aux = None
-    # Initialisation builds the auxiliary head too, so its parameters exist for training.
-    if self.aux_logits and (train or self.is_initializing()):
-      aux = InceptionAux(self.num_classes, basic, dense, name='AuxLogits')(x)
+    if run_aux:
+      aux = InceptionAux(self.num_classes, basic, self._dense(), name='AuxLogits')(x)
     x = InceptionD(basic, name='Mixed_7a')(x)
     x = InceptionE(basic, name='Mixed_7b')(x)
     x = InceptionE(basic, name='Mixed_7c')(x)
+    return self.stage_end(x), (aux,)
+
+  def classify(self, x: jax.Array, *, train: bool, pre_logits: bool) -> jax.Array:
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    logits = dense(self.num_classes, name='fc')(x).astype(layers.output_dtype(self.dtype))
-    if self.aux_logits and train:
-      return logits, aux.astype(layers.output_dtype(self.dtype))
-    return logits
+    if not pre_logits:
+      x = self._dense()(self.num_classes, name='fc')(x)
+    return x.astype(layers.output_dtype(self.dtype))
 
 
 # Szegedy et al. 2016, Sec. 6: ImageNet at 299x299, 1000 classes. The count is torchvision's

@@ -209,26 +209,31 @@ def _residual_parts(module: nn.Module, train: bool) -> tuple[ModuleDef, dict]:
   return basic, dict(basic=basic, linear_conv=functools.partial(conv, use_bias=True), act=act)
 
 
-def _stem_start(x: jax.Array, basic: ModuleDef) -> jax.Array:
+def _stem_start(x: jax.Array, basic: ModuleDef, stage_end: Callable[[jax.Array], jax.Array]
+                ) -> jax.Array:
   """What the Inception-ResNet stems share (v1's Fig. 14, v2's released stem): 299 -> 149 ->
-  147 -> 147 (64) -> pool 73 -> 73 (80) -> 71 (192)."""
+  147 -> 147 (64) -> pool 73 -> 73 (80) -> 71 (192). Its stage ends are timm's for v2:
+  conv2d_2b (147) and conv2d_4a (71), the maps entering its two stride-2 steps."""
   x = basic(32, 3, strides=2, name='conv2d_1a')(x)
   x = basic(32, 3, name='conv2d_2a')(x)
   x = basic(64, 3, padding=1, name='conv2d_2b')(x)
-  x = _max_pool_3x3_s2(x)
+  x = _max_pool_3x3_s2(stage_end(x))
   x = basic(80, 1, name='conv2d_3b')(x)
-  return basic(192, 3, name='conv2d_4a')(x)
+  return stage_end(basic(192, 3, name='conv2d_4a')(x))
 
 
-def _head(module: nn.Module, x: jax.Array, train: bool, name: str) -> jax.Array:
-  """Global average pool, dropout, fully connected layer; float32 logits."""
+def _head(module: nn.Module, x: jax.Array, train: bool, pre_logits: bool,
+          name: str) -> jax.Array:
+  """Global average pool, dropout, fully connected layer (left out with `pre_logits`); float32
+  logits (or pooled features)."""
   x = jnp.mean(x, axis=(1, 2))
   x = nn.Dropout(module.dropout_rate, deterministic=not train)(x)
-  x = nn.Dense(module.num_classes, dtype=module.dtype, param_dtype=jnp.float32, name=name)(x)
+  if not pre_logits:
+    x = nn.Dense(module.num_classes, dtype=module.dtype, param_dtype=jnp.float32, name=name)(x)
   return x.astype(layers.output_dtype(module.dtype))
 
 
-class InceptionV4(nn.Module):
+class InceptionV4(layers.Classifier):
   """Inception-v4 (Fig. 9) in timm's layout: everything up to the head is `features.N`.
 
   The spatial path takes inputs down to 75x75 (a 1x1 grid after Reduction-B); the head is a
@@ -255,8 +260,7 @@ class InceptionV4(nn.Module):
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-3
 
-  @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+  def backbone(self, x: jax.Array, *, train: bool) -> jax.Array:
     if len(self.stage_sizes) != 3:
       raise ValueError(f'stage_sizes needs 3 entries (A, B, C modules), got {self.stage_sizes}')
     conv, norm = _conv_and_norm(self, train)
@@ -277,9 +281,17 @@ class InceptionV4(nn.Module):
         functools.partial(ReductionB, basic),  # 8
         *[functools.partial(InceptionC, basic)] * num_c,
     ]
+    # Stage ends as timm's feature_info: features.2 (147), features.3 (Mixed3a, 73), the last
+    # Inception-A (35), the last Inception-B (17) and the last Inception-C (8).
+    ends = {2, 3, 5 + num_a, 6 + num_a + num_b, len(features) - 1}
     for i, layer in enumerate(features):
       x = layer(name=f'features.{i}')(x)
-    return _head(self, x, train, 'last_linear')
+      if i in ends:
+        x = self.stage_end(x)
+    return x
+
+  def classify(self, x: jax.Array, *, train: bool, pre_logits: bool) -> jax.Array:
+    return _head(self, x, train, pre_logits, 'last_linear')
 
 
 # ----------------------------------------------------------------------------------------------
@@ -401,7 +413,7 @@ class Mixed7a(nn.Module):
     return jnp.concatenate([b0, b1, b2, _max_pool_3x3_s2(x)], axis=-1)
 
 
-class InceptionResNetV2(nn.Module):
+class InceptionResNetV2(layers.Classifier):
   """Inception-ResNet-v2 (Fig. 15) as released, in timm's layout (see the module docstring).
 
   Takes inputs down to 75x75 (a 1x1 grid after `mixed_7a`); the head is a global average.
@@ -427,33 +439,37 @@ class InceptionResNetV2(nn.Module):
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-3
 
-  @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+  def backbone(self, x: jax.Array, *, train: bool) -> jax.Array:
     if len(self.stage_sizes) != 3 or self.stage_sizes[2] < 1:
       raise ValueError(f'stage_sizes needs 3 entries, the last >= 1, got {self.stage_sizes}')
     basic, residual = _residual_parts(self, train)
     scale_a, scale_b, scale_c = self.residual_scales
     num_a, num_b, num_c = self.stage_sizes
 
+    # Stage ends as timm's feature_info: conv2d_2b (147) and conv2d_4a (71) in stem_start,
+    # `repeat` (35), `repeat_1` (17) and conv2d_7b (8).
     # Released stem (Inception-v3's): 299 -> ... -> 71 (stem_start) -> pool 35.
-    x = _max_pool_3x3_s2(_stem_start(x, basic))
+    x = _max_pool_3x3_s2(_stem_start(x, basic, self.stage_end))
     x = Mixed5b(basic, name='mixed_5b')(x)
     w = V2_WIDTHS
     for i in range(num_a):
       x = Block35(scale=scale_a, widths=w['a'], name=f'repeat.{i}', **residual)(x)
-    x = ReductionA((256, 256, 384, 384), basic, name='mixed_6a')(x)  # Table 1 -> 17x17
+    # Reduction-A at Table 1's widths -> 17x17.
+    x = ReductionA((256, 256, 384, 384), basic, name='mixed_6a')(self.stage_end(x))
     for i in range(num_b):
       x = Block17(scale=scale_b, widths=w['b'], name=f'repeat_1.{i}', **residual)(x)
-    x = Mixed7a(basic, w['reduction_b'], name='mixed_7a')(x)  # -> 8x8
+    x = Mixed7a(basic, w['reduction_b'], name='mixed_7a')(self.stage_end(x))  # -> 8x8
     for i in range(num_c - 1):
       x = Block8(scale=scale_c, widths=w['c'], name=f'repeat_2.{i}', **residual)(x)
     # The last block feeds conv2d_7b unscaled and unactivated, as the released model.
     x = Block8(scale=1.0, final_act=False, widths=w['c'], name='block8', **residual)(x)
-    x = basic(1536, 1, name='conv2d_7b')(x)
-    return _head(self, x, train, 'classif')
+    return self.stage_end(basic(1536, 1, name='conv2d_7b')(x))
+
+  def classify(self, x: jax.Array, *, train: bool, pre_logits: bool) -> jax.Array:
+    return _head(self, x, train, pre_logits, 'classif')
 
 
-class InceptionResNetV1(nn.Module):
+class InceptionResNetV1(layers.Classifier):
   """Inception-ResNet-v1 (Fig. 15), as the paper draws it (see the module docstring); 299x299
   input, grids 149, 147, 73, 71, 35 in the stem, then 35, 17 and 8 by stage (256, 896 and 1792
   channels). Like v2 it takes inputs down to 75x75 (a 1x1 grid after Reduction-B).
@@ -479,8 +495,7 @@ class InceptionResNetV1(nn.Module):
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-3
 
-  @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+  def backbone(self, x: jax.Array, *, train: bool) -> jax.Array:
     if len(self.stage_sizes) != 3:
       raise ValueError(f'stage_sizes needs 3 entries (A, B, C blocks), got {self.stage_sizes}')
     basic, residual = _residual_parts(self, train)
@@ -488,17 +503,24 @@ class InceptionResNetV1(nn.Module):
     num_a, num_b, num_c = self.stage_sizes
     w = V1_WIDTHS
 
+    # Stage ends (no timm twin) where v2's are: conv2d_2b (147, 64 channels) and conv2d_4a (71,
+    # 192) in stem_start, `repeat` (35, 256), `repeat_1` (17, 896) and `repeat_2` (8, 1792; v1
+    # has no conv2d_7b).
     # Fig. 14 stem: 299 -> ... -> 71 (stem_start) -> 35 (256 channels).
-    x = basic(256, 3, strides=2, name='conv2d_4b')(_stem_start(x, basic))
+    x = basic(256, 3, strides=2, name='conv2d_4b')(_stem_start(x, basic, self.stage_end))
     for i in range(num_a):
       x = Block35(scale=scale_a, widths=w['a'], name=f'repeat.{i}', **residual)(x)
-    x = ReductionA((192, 192, 256, 384), basic, name='mixed_6a')(x)  # Table 1 -> 17x17, 896
+    # Reduction-A at Table 1's widths -> 17x17, 896 channels.
+    x = ReductionA((192, 192, 256, 384), basic, name='mixed_6a')(self.stage_end(x))
     for i in range(num_b):
       x = Block17(scale=scale_b, widths=w['b'], name=f'repeat_1.{i}', **residual)(x)
-    x = Mixed7a(basic, w['reduction_b'], name='mixed_7a')(x)  # Fig. 12 -> 8x8, 1792
+    x = Mixed7a(basic, w['reduction_b'], name='mixed_7a')(self.stage_end(x))  # Fig. 12 -> 8x8, 1792
     for i in range(num_c):
       x = Block8(scale=scale_c, widths=w['c'], name=f'repeat_2.{i}', **residual)(x)
-    return _head(self, x, train, 'classif')
+    return self.stage_end(x)
+
+  def classify(self, x: jax.Array, *, train: bool, pre_logits: bool) -> jax.Array:
+    return _head(self, x, train, pre_logits, 'classif')
 
 
 # Szegedy et al. 2016, Figs. 9 and 15: 299x299x3 inputs; ImageNet's 1000 classes. The classifier

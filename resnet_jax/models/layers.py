@@ -614,3 +614,93 @@ class FlattenDense(nn.Module):
     bias = self.param('bias', self.bias_init, (self.features,), self.param_dtype)
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     return x @ kernel + bias
+
+
+# What a model's `__call__(x, train=..., part=...)` computes (Classifier):
+# 'logits': the whole net; 'features': the stem and stages, ending in the last feature map
+# (timm's forward_features); 'head': that map to logits (forward_head); 'pre_logits': that map
+# to what the classifier reads (forward_head(pre_logits=True)).
+PARTS = ('logits', 'features', 'head', 'pre_logits')
+FEATURES = 'stage_features'  # The `intermediates` key each stage's output is sown under.
+
+
+class Classifier(nn.Module):
+  """The face every zoo model shows: a backbone (stem and stages, ending in a feature map) and a
+  head (pooling, the layers before the classifier, the classifier), split as in timm.
+
+  A family defines `backbone(x, *, train)` and `classify(x, *, train, pre_logits)` and marks the
+  end of each stage with `self.stage_end(x)`; this class's `__call__` runs them. So
+  `num_classes=0` gives the pooled features without a classifier (none is made), and
+  `apply(..., method='forward_features' | 'forward_head')` runs each half alone, with the very
+  parameters of the whole net. `registry.feature_info` and `create_model(features_only=True)`
+  read the sown stage ends (`FEATURES` in `intermediates`; sowing is free unless that collection
+  is mutable). A net whose output is not one array (GoogLeNet's auxiliary heads) overrides
+  `__call__` and keeps the `part` protocol.
+  """
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool, part: str = 'logits') -> jax.Array:
+    check_part(part)
+    if part in ('logits', 'features'):
+      x = self.backbone(x, train=train)
+      if part == 'features':
+        return x
+    return self.classify(x, train=train, pre_logits=part == 'pre_logits' or self.num_classes == 0)
+
+  def backbone(self, x: jax.Array, *, train: bool) -> jax.Array:
+    raise NotImplementedError(f'{type(self).__name__} defines no backbone')
+
+  def classify(self, x: jax.Array, *, train: bool, pre_logits: bool) -> jax.Array:
+    raise NotImplementedError(f'{type(self).__name__} defines no classify')
+
+  def forward_features(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    """The last feature map, before any pooling (timm's forward_features)."""
+    return self(x, train=train, part='features')
+
+  def forward_head(self, x: jax.Array, *, train: bool = False,
+                   pre_logits: bool = False) -> jax.Array:
+    """`forward_features`' output to logits, or to the classifier's input (`pre_logits`)."""
+    return self(x, train=train, part='pre_logits' if pre_logits else 'head')
+
+  def stage_end(self, x: jax.Array) -> jax.Array:
+    """Marks `x` as a stage's output (a feature map for `features_only`); returns it unchanged."""
+    self.sow('intermediates', FEATURES, x)
+    return x
+
+
+class AuxClassifier(Classifier):
+  """A Classifier with auxiliary classifiers on inner maps (GoogLeNet, Inception-v3), whose
+  training output is `(logits, *aux_logits)`. A family defines `trunk(x, *, train, run_aux)`:
+  the backbone's map and a tuple of the auxiliary heads' logits (Nones unless `run_aux`), the
+  field `aux_logits`, and `classify`. The auxiliary heads read inner maps, so they run inside
+  the trunk; they are classifiers, so a net without classes (num_classes=0) has none, and
+  `forward_features` / `features_only` build none. Initialisation builds them, so their
+  parameters exist for training."""
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool,
+               part: str = 'logits') -> jax.Array | tuple[jax.Array, ...]:
+    check_part(part)
+    if part == 'features':
+      return self.backbone(x, train=train)
+    pre_logits = part == 'pre_logits' or self.num_classes == 0
+    if part in ('head', 'pre_logits'):
+      return self.classify(x, train=train, pre_logits=pre_logits)
+    with_aux = self.aux_logits and self.num_classes > 0
+    x, aux = self.trunk(x, train=train, run_aux=with_aux and (train or self.is_initializing()))
+    logits = self.classify(x, train=train, pre_logits=pre_logits)
+    if with_aux and train:
+      return (logits, *(a.astype(logits.dtype) for a in aux))
+    return logits
+
+  def backbone(self, x: jax.Array, *, train: bool) -> jax.Array:
+    return self.trunk(x, train=train, run_aux=False)[0]
+
+  def trunk(self, x: jax.Array, *, train: bool,
+            run_aux: bool) -> tuple[jax.Array, tuple[jax.Array | None, ...]]:
+    raise NotImplementedError(f'{type(self).__name__} defines no trunk')
+
+
+def check_part(part: str) -> None:
+  if part not in PARTS:
+    raise ValueError(f'unknown part {part!r}; valid: {", ".join(PARTS)}')

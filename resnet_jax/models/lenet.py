@@ -65,7 +65,7 @@ class TableConv(nn.Module):
     return y + bias.astype(y.dtype)
 
 
-class LeNet5(nn.Module):
+class LeNet5(layers.Classifier):
   """LeNet-5. `act` is a name in layers.ACTIVATIONS; `pool` a name in layers.POOLS: 'avg' (the
   paper's averaging subsampling), 'max' or 'max+avg'; `kernel_init` a name in
   layers.KERNEL_INITS; `dropout_rate` applies before the output layer (the `dropout` RNG
@@ -83,35 +83,42 @@ class LeNet5(nn.Module):
   dropconnect_rate: float = 0.0
   sparse_c3: bool = False
 
-  @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+  def backbone(self, x: jax.Array, *, train: bool) -> jax.Array:
     act = layers.get_activation(self.act)
     pool = layers.get_pool(self.pool)
     kinit = layers.get_kernel_init(self.kernel_init)
     conv = dict(padding='VALID', dtype=self.dtype, param_dtype=jnp.float32, kernel_init=kinit)
-    dense_kwargs = dict(dtype=self.dtype, param_dtype=jnp.float32, kernel_init=kinit)
-
-    def dense(features: int, name: str, x: jax.Array) -> jax.Array:
-      if self.dropconnect_rate > 0:
-        return layers.DropConnectDense(features, rate=self.dropconnect_rate, name=name,
-                                       **dense_kwargs)(x, deterministic=not train)
-      return nn.Dense(features, name=name, **dense_kwargs)(x)
-
+    # Feature maps as timm's VGG: each convolution's output before its subsampling (C1, C3),
+    # then C5's 1x1 map, the last before the fully connected layers.
     x = act(nn.Conv(6, (5, 5), name='c1', **conv)(x))  # 32 -> 28
-    x = pool(x, (2, 2), strides=(2, 2))  # S2: 28 -> 14
+    x = pool(self.stage_end(x), (2, 2), strides=(2, 2))  # S2: 28 -> 14
     if self.sparse_c3:
       c3 = TableConv(C3_TABLE, (5, 5), kernel_init=kinit, dtype=self.dtype, name='c3')
     else:
       c3 = nn.Conv(16, (5, 5), name='c3', **conv)
     x = act(c3(x))  # 14 -> 10
-    x = pool(x, (2, 2), strides=(2, 2))  # S4: 10 -> 5
+    x = pool(self.stage_end(x), (2, 2), strides=(2, 2))  # S4: 10 -> 5
     x = act(nn.Conv(120, (5, 5), name='c5', **conv)(x))  # 5 -> 1
+    return self.stage_end(x)
+
+  def classify(self, x: jax.Array, *, train: bool, pre_logits: bool) -> jax.Array:
+    act = layers.get_activation(self.act)
     x = x.reshape((x.shape[0], -1))
-    x = act(dense(84, 'f6', x))
+    x = act(self._dense(84, 'f6', x, train=train))
     if self.dropout_rate > 0:
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    x = dense(self.num_classes, 'output', x)
+    if pre_logits:  # F6's 84 units, what the output layer reads
+      return x.astype(layers.output_dtype(self.dtype))
+    x = self._dense(self.num_classes, 'output', x, train=train)
     return x.astype(layers.output_dtype(self.dtype))
+
+  def _dense(self, features: int, name: str, x: jax.Array, *, train: bool) -> jax.Array:
+    kwargs = dict(dtype=self.dtype, param_dtype=jnp.float32,
+                  kernel_init=layers.get_kernel_init(self.kernel_init))
+    if self.dropconnect_rate > 0:
+      return layers.DropConnectDense(features, rate=self.dropconnect_rate, name=name,
+                                     **kwargs)(x, deterministic=not train)
+    return nn.Dense(features, name=name, **kwargs)(x)
 
 
 # LeCun et al. 1998, Sec. II.B: 32x32 grey-level input (MNIST's 28x28 padded), 10 digit classes;

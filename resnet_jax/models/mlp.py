@@ -28,7 +28,7 @@ from resnet_jax.models import layers
 from resnet_jax.models.registry import register
 
 
-class MLP(nn.Module):
+class MLP(layers.Classifier):
   """Flatten, `depth` hidden layers of `width` units (dense, [norm], act, [dropout]), dense logits.
 
   `widths` (one size per hidden layer) replaces depth and width when given.
@@ -53,12 +53,11 @@ class MLP(nn.Module):
   bn_axis_name: str | None = None
   dtype: Any = jnp.float32
 
-  @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+  def backbone(self, x: jax.Array, *, train: bool) -> jax.Array:
+    # No stages (no maps, no stage_end): the features are the last hidden layer's output
+    # [N, D], after its dropout: what the head reads.
     act = layers.get_activation(self.act)
-    dense = dict(dtype=self.dtype, param_dtype=jnp.float32,
-                 kernel_init=layers.get_kernel_init(self.kernel_init),
-                 bias_init=layers.get_kernel_init(self.bias_init))
+    dense = self._dense_kwargs()
     widths = (self.width,) * self.depth if self.widths is None else tuple(self.widths)
     x = x.reshape((x.shape[0], -1)).astype(self.dtype)
     for i, width in enumerate(widths, start=1):
@@ -70,8 +69,17 @@ class MLP(nn.Module):
       self.sow('intermediates', f'hidden{i}_post', x)
       if self.dropout_rate > 0:
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    x = nn.Dense(self.num_classes, name='head', **dense)(x)
+    return x
+
+  def classify(self, x: jax.Array, *, train: bool, pre_logits: bool) -> jax.Array:
+    if not pre_logits:
+      x = nn.Dense(self.num_classes, name='head', **self._dense_kwargs())(x)
     return x.astype(layers.output_dtype(self.dtype))
+
+  def _dense_kwargs(self) -> dict[str, Any]:
+    return dict(dtype=self.dtype, param_dtype=jnp.float32,
+                kernel_init=layers.get_kernel_init(self.kernel_init),
+                bias_init=layers.get_kernel_init(self.bias_init))
 
 
 def hidden_outputs(intermediates: dict, which: str = 'post') -> list[jax.Array]:

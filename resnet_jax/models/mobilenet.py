@@ -81,7 +81,7 @@ class DepthwiseSeparable(nn.Module):
     return self.act(self.norm(name='bn2')(x))
 
 
-class MobileNetV1(nn.Module):
+class MobileNetV1(layers.Classifier):
   """MobileNet v1 in timm's `mobilenetv1_100` layout, at any input size.
 
   Arguments:
@@ -103,8 +103,7 @@ class MobileNetV1(nn.Module):
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
 
-  @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+  def backbone(self, x: jax.Array, *, train: bool) -> jax.Array:
     act = layers.get_activation(self.act)
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
                              kernel_init=layers.get_kernel_init('kaiming'))
@@ -115,12 +114,20 @@ class MobileNetV1(nn.Module):
 
     x = _conv(conv, round_channels(STEM_FEATURES * self.width), 3, 2, 1, 'conv_stem')(x)
     x = act(norm(name='bn1')(x))
+    # Feature maps as timm's (`blocks.0` .. `blocks.4`): each stage's end, the last map at its
+    # resolution; the stem's 32 channels are not one (timm starts at blocks.0, also at 1/2).
     for s, stage in enumerate(STAGES):
       for b, (features, strides) in enumerate(stage):
         x = DepthwiseSeparable(round_channels(features * self.width), strides, conv,
                                depthwise_conv, norm, act, name=f'blocks.{s}.{b}')(x)
+      x = self.stage_end(x)
+    return x
+
+  def classify(self, x: jax.Array, *, train: bool, pre_logits: bool) -> jax.Array:
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    if pre_logits:
+      return x.astype(layers.output_dtype(self.dtype))
     x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32,
                  kernel_init=nn.initializers.variance_scaling(1 / 3, 'fan_out', 'uniform'),
                  name='classifier')(x)
@@ -162,7 +169,7 @@ class InvertedResidual(nn.Module):
     return x + y if self.strides == 1 and channels == self.features else y
 
 
-class MobileNetV2(nn.Module):
+class MobileNetV2(layers.Classifier):
   """MobileNet v2 in torchvision's `mobilenet_v2` layout, at any input size.
 
   Arguments:
@@ -187,8 +194,7 @@ class MobileNetV2(nn.Module):
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
 
-  @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+  def backbone(self, x: jax.Array, *, train: bool) -> jax.Array:
     act = layers.get_activation(self.act)
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
                              kernel_init=layers.get_kernel_init('kaiming'))
@@ -198,16 +204,25 @@ class MobileNetV2(nn.Module):
     x = _conv(conv, round_channels(STEM_FEATURES * self.width), 3, 2, 1, 'features.0.0')(x)
     x = act(norm(name='features.0.1')(x))
     index = 1
-    for expansion, channels, repeats, strides in V2_BLOCKS:
+    for g, (expansion, channels, repeats, strides) in enumerate(V2_BLOCKS):
       for r in range(repeats):
         x = InvertedResidual(round_channels(channels * self.width), strides if r == 0 else 1,
                              expansion, conv, norm, act, name=f'features.{index}')(x)
         index += 1
+      # Feature maps as timm's mobilenetv2_100 (blocks 0, 1, 2, 4, 6: 16, 24, 32, 96, 320
+      # channels): the last row of Table 2 at each resolution. The 1x1 conv to 1280 after them
+      # is not one, as in timm, though the backbone's output (timm's forward_features) ends there.
+      if g == len(V2_BLOCKS) - 1 or V2_BLOCKS[g + 1][3] != 1:
+        x = self.stage_end(x)
     last = round_channels(V2_LAST_FEATURES * max(1.0, self.width))
     x = _conv(conv, last, 1, 1, 1, f'features.{index}.0')(x)
-    x = act(norm(name=f'features.{index}.1')(x))
+    return act(norm(name=f'features.{index}.1')(x))
+
+  def classify(self, x: jax.Array, *, train: bool, pre_logits: bool) -> jax.Array:
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    if pre_logits:
+      return x.astype(layers.output_dtype(self.dtype))
     x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32,
                  kernel_init=nn.initializers.normal(0.01), name='classifier.1')(x)
     return x.astype(layers.output_dtype(self.dtype))

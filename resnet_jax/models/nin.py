@@ -29,7 +29,7 @@ from resnet_jax.models.registry import register
 BlockSpec = tuple[int, int, int, tuple[int | None, int | None, int | None]]
 
 
-class NiN(nn.Module):
+class NiN(layers.Classifier):
   """Network In Network: mlpconv blocks, 3x3/2 max pools between them, global average pool.
 
   Arguments:
@@ -39,6 +39,11 @@ class NiN(nn.Module):
     dropout_rate: Sec. 3.2 / 4.2: 0.5 (the `dropout` RNG stream).
     pool_ceil_mode: round the pools' output size up (Caffe) instead of down.
     act / kernel_init: names in layers.ACTIVATIONS / KERNEL_INITS.
+
+  The head (`classify`) is the last block from its first layer with one map per class on, and
+  the global average pool: only cccp2 in `cifar_nin`, but the whole last block in `nin` (with
+  the dropout before it), whose 384 input maps are then the pooled features (num_classes=0,
+  forward_head(pre_logits=True)). Without classes no class-wide layer is made.
   """
 
   blocks: Sequence[BlockSpec]
@@ -50,29 +55,56 @@ class NiN(nn.Module):
   act: str = 'relu'
   kernel_init: str = 'kaiming_in'
 
-  @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    act = layers.get_activation(self.act)
-    conv = dict(dtype=self.dtype, param_dtype=jnp.float32,
-                kernel_init=layers.get_kernel_init(self.kernel_init))
+  def backbone(self, x: jax.Array, *, train: bool) -> jax.Array:
     if self.blocks[-1][-1][-1] is not None:
       raise ValueError('the last 1x1 convolution gives one map per class: its width must be None')
-    for i, (kernel, stride, pad, widths) in enumerate(self.blocks):
-      w_conv, w_cccp1, w_cccp2 = (self.num_classes if w is None else w for w in widths)
-      name = f'mlpconv{i + 1}'
-      x = act(nn.Conv(w_conv, (kernel, kernel), strides=(stride, stride),
-                      padding=((pad, pad), (pad, pad)), name=f'{name}.conv', **conv)(x))
-      x = act(nn.Conv(w_cccp1, (1, 1), name=f'{name}.cccp1', **conv)(x))
-      x = act(nn.Conv(w_cccp2, (1, 1), name=f'{name}.cccp2', **conv)(x))
-      if i < len(self.blocks) - 1:
-        x = layers.max_pool(x, 3, 2, ceil_mode=self.pool_ceil_mode)
-      if i in self.dropout_blocks:
+    last = len(self.blocks) - 1
+    for i in range(last):
+      x = self._mlpconv(x, i, range(3))
+      # Feature maps as timm's VGG: each block's output before its pool, then the backbone's.
+      x = layers.max_pool(self.stage_end(x), 3, 2, ceil_mode=self.pool_ceil_mode)
+      if i in self.dropout_blocks and not (i == last - 1 and self._head_start() == 0):
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    return self.stage_end(self._mlpconv(x, last, range(self._head_start())))
+
+  def classify(self, x: jax.Array, *, train: bool, pre_logits: bool) -> jax.Array:
+    last = len(self.blocks) - 1
+    start = self._head_start()
+    if start == 0 and last - 1 in self.dropout_blocks:  # the dropout before the class block
+      x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    if not pre_logits:
+      x = self._mlpconv(x, last, range(start, 3))
+      if last in self.dropout_blocks:
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     if x.shape[1] == 0 or x.shape[2] == 0:
       raise ValueError(f'NiN: empty class maps {x.shape}; the input is too small')
-    # Sec. 3.2: global average pooling of the class maps gives the logits.
+    # Sec. 3.2: global average pooling of the class maps gives the logits (with pre_logits, of
+    # the maps the class layers read).
     x = jnp.mean(x, axis=(1, 2))
     return x.astype(layers.output_dtype(self.dtype))
+
+  def _head_start(self) -> int:
+    """The first layer of the last block with a width of None (one map per class): it and the
+    layers after it are the head, made only when there are classes (the whole last block in
+    `nin`, only cccp2 in `cifar_nin`)."""
+    return self.blocks[-1][-1].index(None)
+
+  def _mlpconv(self, x: jax.Array, i: int, which: range) -> jax.Array:
+    """The layers `which` (0: the k x k convolution, 1: cccp1, 2: cccp2) of mlpconv block i."""
+    act = layers.get_activation(self.act)
+    conv = dict(dtype=self.dtype, param_dtype=jnp.float32,
+                kernel_init=layers.get_kernel_init(self.kernel_init))
+    kernel, stride, pad, widths = self.blocks[i]
+    name = f'mlpconv{i + 1}'
+    for j in which:
+      width = self.num_classes if widths[j] is None else widths[j]
+      if j == 0:
+        x = nn.Conv(width, (kernel, kernel), strides=(stride, stride),
+                    padding=((pad, pad), (pad, pad)), name=f'{name}.conv', **conv)(x)
+      else:
+        x = nn.Conv(width, (1, 1), name=f'{name}.cccp{j}', **conv)(x)
+      x = act(x)
+    return x
 
 
 # Zhang et al., Dive into Deep Learning, Sec. 8.3: AlexNet-like geometry, 224x224 ImageNet. NiN

@@ -33,7 +33,7 @@ from resnet_jax.models import layers
 from resnet_jax.models.registry import register
 
 
-class OverFeat(nn.Module):
+class OverFeat(layers.Classifier):
   """OverFeat: convolution (+ max pool) layers, then fully connected layers (Sermanet et al.
   2013, Sec. 3.1, Tables 1 and 3).
 
@@ -61,20 +61,24 @@ class OverFeat(nn.Module):
   kernel_init: str = 'normal_0.01'
   fully_conv: bool = False
 
-  @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+  def backbone(self, x: jax.Array, *, train: bool) -> jax.Array:
     if not self.convs or not self.hidden:
       raise ValueError(f'OverFeat needs convolutions and hidden layers: convs {self.convs}, '
                        f'hidden {self.hidden}')
     act = layers.get_activation(self.act)
-    kinit = layers.get_kernel_init(self.kernel_init)
-    common = dict(dtype=self.dtype, param_dtype=jnp.float32, kernel_init=kinit)
+    common = self._common()
     for i, (filters, kernel, stride, pad, pool) in enumerate(self.convs, start=1):
       x = act(nn.Conv(filters, (kernel, kernel), strides=(stride, stride),
                       padding=((pad, pad), (pad, pad)), name=f'conv{i}', **common)(x))
       if pool:  # Tables 1 and 3: non-overlapping max pooling (pool size = stride)
-        x = nn.max_pool(x, (pool, pool), strides=(pool, pool))
+        # Feature maps as timm's VGG: each pooled layer's output before its pool, then the
+        # last map (what the first FC layer reads).
+        x = nn.max_pool(self.stage_end(x), (pool, pool), strides=(pool, pool))
+    return self.stage_end(x)
 
+  def classify(self, x: jax.Array, *, train: bool, pre_logits: bool) -> jax.Array:
+    act = layers.get_activation(self.act)
+    common = self._common()
     # Sec. 3.5: the first FC layer is a convolution over the whole last map, the rest 1x1.
     layer = len(self.convs) + 1
     for i, units in enumerate(self.hidden):
@@ -86,8 +90,19 @@ class OverFeat(nn.Module):
         x = nn.Dense(units, name=f'fc{layer}', **common)(x)
       x = act(x)
       layer += 1
+    if pre_logits:  # the last hidden layer's units (fc7 / fc8), what the classifier reads
+      return self._logits(x)
     x = nn.Dense(self.num_classes, name=f'fc{layer}', **common)(x)
-    if self.fully_conv:  # the class score map averaged over space (Mishkin et al. 2016)
+    return self._logits(x)
+
+  def _common(self) -> dict[str, Any]:
+    return dict(dtype=self.dtype, param_dtype=jnp.float32,
+                kernel_init=layers.get_kernel_init(self.kernel_init))
+
+  def _logits(self, x: jax.Array) -> jax.Array:
+    """Logits [N, classes] (or features [N, D]); with fully_conv the map is averaged over space
+    (Mishkin et al. 2016)."""
+    if x.ndim == 4:
       x = jnp.mean(x, axis=(1, 2))
     return x.astype(layers.output_dtype(self.dtype))
 

@@ -3,7 +3,7 @@ with its metadata beside it (as timm's default_cfgs): input size and channels, c
 classifier's path in `params`, the torch twin and the parameter count the paper or twin reports.
 This is the one place that metadata is kept; convert.py, torch_peers.py and the benchmark read it.
 
-`create_model`, `list_models`, `model_spec`, `count_params`, `initial_variables`,
+`create_model`, `list_models`, `model_spec`, `count_params`, `feature_info`, `initial_variables`,
 `abstract_variables` and `forward_flops` are the public face of `resnet_jax.models`.
 """
 from __future__ import annotations
@@ -12,11 +12,13 @@ import dataclasses
 import difflib
 import functools
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from resnet_jax.models import layers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,12 +111,23 @@ def model_spec(name: str) -> dict[str, Any]:
 
 
 def create_model(
-    name: str, *, num_classes: int, dtype: Any = jnp.float32, **overrides: Any
-) -> nn.Module:
+    name: str,
+    *,
+    num_classes: int,
+    dtype: Any = jnp.float32,
+    features_only: bool = False,
+    out_indices: Sequence[int] | None = None,
+    **overrides: Any,
+) -> nn.Module | FeatureExtractor:
   """Builds the registered model `name`; `overrides` replace (or add to) its bound arguments.
 
   `dtype` is the computation dtype; parameters stay float32. An override that is not an argument
-  of the module is a TypeError naming it.
+  of the module is a TypeError naming it. `num_classes=0` builds the net without its classifier:
+  it returns the pooled features the classifier would read ([N, D]).
+
+  `features_only=True` returns a `FeatureExtractor`: the feature maps at the ends of the stages
+  `out_indices` (indices into `feature_info(name)`, negative from the end; None: all), with no
+  head and no head parameters.
   """
   entry = _entry(name)
   fields = _module_fields(entry.module)
@@ -124,8 +137,90 @@ def create_model(
         f'unknown override {", ".join(map(repr, unknown))} for model {name!r} '
         f'({entry.module.__name__}); valid: {", ".join(sorted(fields))}'
     )
+  if num_classes < 0:
+    raise ValueError(f'num_classes must be >= 0 (0: no classifier), got {num_classes}')
   kwargs = {**entry.kwargs, **overrides, 'num_classes': num_classes, 'dtype': dtype}
-  return entry.module(**kwargs)
+  model = entry.module(**kwargs)
+  if not features_only:
+    if out_indices is not None:
+      raise ValueError('out_indices picks feature maps: pass it with features_only=True')
+    return model
+  info = feature_info(name, **overrides)
+  if not info:
+    raise ValueError(f'model {name!r} has no stages to take feature maps from '
+                     f'(features_only=True); forward_features gives its last features')
+  count = len(info)
+  indices = tuple(range(count)) if out_indices is None else tuple(out_indices)
+  bad = [i for i in indices if not -count <= i < count]
+  if bad or not indices:
+    raise ValueError(f'out_indices {indices} for model {name!r}: it has {count} stages, '
+                     f'valid indices are {-count}..{count - 1}')
+  return FeatureExtractor(model, tuple(i % count for i in indices))
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureExtractor:
+  """A zoo model cut after its backbone that returns the feature maps at the ends of the stages
+  `out_indices` (timm's features_only), for detection or segmentation heads, probes and CAMs.
+
+  `init` / `apply` take what the model's do. `init` makes no head parameters; `apply` also
+  takes the whole net's variables (the head's are left unused). With `train=True` pass
+  `mutable=['batch_stats']` and get `(maps, updated_state)` back, as from the model.
+  """
+
+  model: nn.Module
+  out_indices: tuple[int, ...]
+
+  def init(self, rngs: Any, x: jax.Array, *, train: bool = False) -> dict:
+    return self.model.init(rngs, x, train=train, part='features')
+
+  def apply(self, variables: dict, x: jax.Array, *, train: bool = False,
+            mutable: Sequence[str] | bool = False, rngs: Any = None
+            ) -> list[jax.Array] | tuple[list[jax.Array], dict]:
+    extra = [mutable] if isinstance(mutable, str) else list(mutable or [])
+    _, state = self.model.apply(variables, x, train=train, part='features', rngs=rngs,
+                                mutable=['intermediates', *extra])
+    stages = state.pop('intermediates')[layers.FEATURES]
+    maps = [stages[i] for i in self.out_indices]
+    return (maps, state) if mutable else maps
+
+
+@functools.lru_cache(maxsize=256)
+def _feature_info_cached(name: str, overrides: tuple[tuple[str, Any], ...]
+                         ) -> tuple[dict[str, int], ...]:
+  entry = _entry(name)
+  model = create_model(name, num_classes=entry.num_classes, **dict(overrides))
+  shape = (1, entry.input_size, entry.input_size, entry.in_channels)
+
+  def stage_maps(variables, x):
+    _, state = model.apply(variables, x, train=False, part='features',
+                           rngs={'fmp': jax.random.key(0)}, mutable=['intermediates'])
+    return state['intermediates'].get(layers.FEATURES, ())
+
+  variables = abstract_variables(model, shape[1:])
+  # The reduction is the stride: how many input pixels one map pixel advances per. Measured
+  # as the growth of each map when the input grows by `grow` (unpadded convolutions trim a few
+  # pixels at every size: 299 -> 19 is stride 16, not 299 // 19 = 15).
+  grow = 288  # 9 * 32: a whole number of pixels at strides 2..32 and OverFeat's 36
+
+  def maps_at(size):
+    x = jax.ShapeDtypeStruct((1, size, size, entry.in_channels), jnp.float32)
+    return jax.eval_shape(stage_maps, variables, x)
+
+  maps = maps_at(entry.input_size)
+  if not maps:  # no stages (an MLP, whose input size is fixed besides)
+    return ()
+  bigger = maps_at(entry.input_size + grow)
+  return tuple({'index': i, 'channels': m.shape[-1],
+                'reduction': round(grow / (b.shape[1] - m.shape[1]))}
+               for i, (m, b) in enumerate(zip(maps, bigger)))
+
+
+def feature_info(name: str, **overrides: Any) -> list[dict[str, int]]:
+  """The stages a registered model's `features_only` maps come from, in order: each one's
+  `index`, `channels` and `reduction` (its stride in input pixels; timm's feature_info). Empty
+  for a net without stages (an MLP). Read from shapes, cached."""
+  return [dict(d) for d in _feature_info_cached(name, tuple(sorted(overrides.items())))]
 
 
 @functools.lru_cache(maxsize=256)

@@ -193,7 +193,7 @@ BLOCKS: dict[tuple[str, bool], type[_Block]] = {
 }
 
 
-class ResNet(nn.Module):
+class ResNet(layers.Classifier):
   """ResNet v1 / plain / pre-activation v2 for ImageNet-style or CIFAR-style inputs.
 
   Structure:
@@ -285,8 +285,7 @@ class ResNet(nn.Module):
     self.sow('intermediates', 'drop_path_gates', gates)
     return gates.astype(jnp.float32)
 
-  @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+  def backbone(self, x: jax.Array, *, train: bool) -> jax.Array:
     if (self.block, self.preact) not in BLOCKS:
       raise ValueError(f"unknown block {self.block!r}; valid: 'basic', 'bottleneck'")
     if len(self.widths) != len(self.stage_sizes):
@@ -309,15 +308,17 @@ class ResNet(nn.Module):
         epsilon=self.bn_epsilon,
     )
 
+    # Feature maps (timm's feature_info): the stem's output (before the pool), each stage's end.
     if self.stem == 'imagenet':
       x = _conv(conv, self.widths[0], 7, 2, 'stem_conv')(x)
       if not self.preact:
         x = act(norm(name='stem_bn')(x))
-      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+      x = nn.max_pool(self.stage_end(x), (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     elif self.stem == 'cifar':
       x = _conv(conv, self.widths[0], 3, 1, 'stem_conv')(x)
       if not self.preact:
         x = act(norm(name='stem_bn')(x))
+      x = self.stage_end(x)
     else:
       raise ValueError(f"unknown stem {self.stem!r}; valid: 'imagenet', 'cifar'")
 
@@ -353,12 +354,19 @@ class ResNet(nn.Module):
         for j in range(1, num_blocks):
           x = unit(strides=1, name=f'stage{i}_block{j}')(x, gate(first + j))
       first += num_blocks
+      if i < len(self.stage_sizes) - 1 or not self.preact:
+        x = self.stage_end(x)
 
-    if self.preact:
-      x = act(norm(name='final_norm')(x))
+    if self.preact:  # the last map is taken after the final BN-ReLU, as timm's ResNetV2
+      x = self.stage_end(act(norm(name='final_norm')(x)))
+    return x
+
+  def classify(self, x: jax.Array, *, train: bool, pre_logits: bool) -> jax.Array:
     x = jnp.mean(x, axis=(1, 2))
     if self.dropout_rate > 0:
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    if pre_logits:
+      return x.astype(layers.output_dtype(self.dtype))
     head = dict(dtype=self.dtype, param_dtype=jnp.float32, name='head',
                 **layers.head_init(self.head_init, x.shape[-1]))
     if self.dropconnect_rate > 0:

@@ -44,7 +44,7 @@ class Fire(nn.Module):
     return jnp.concatenate([e1, e3], axis=-1)
 
 
-class SqueezeNet(nn.Module):
+class SqueezeNet(layers.Classifier):
   """SqueezeNet: stem conv + ReLU + max pool, fire modules with max pools between some of them,
   dropout, 1x1 conv classifier + ReLU, global average pool.
 
@@ -69,32 +69,41 @@ class SqueezeNet(nn.Module):
   act: str = 'relu'
   kernel_init: str = 'kaiming_in'
 
-  @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+  def backbone(self, x: jax.Array, *, train: bool) -> jax.Array:
     act = layers.get_activation(self.act)
-
-    def conv(features, kernel, *, kernel_init=self.kernel_init, **kwargs):
-      return nn.Conv(features, kernel, dtype=self.dtype, param_dtype=jnp.float32,
-                     kernel_init=layers.get_kernel_init(kernel_init), **kwargs)
-
     k = self.stem_kernel
-    x = act(conv(self.stem_width, (k, k), strides=(2, 2), padding='VALID', name='features.0')(x))
-    x = layers.max_pool(x, 3, 2, ceil_mode=True)
+    x = act(self._conv(self.stem_width, (k, k), strides=(2, 2), padding='VALID',
+                       name='features.0')(x))
+    # Feature maps as timm's VGG: the last map before each pool (the stem's, then the fire
+    # module's before it), then torchvision's `features` output (the last fire module's).
+    x = layers.max_pool(self.stage_end(x), 3, 2, ceil_mode=True)
     index = 3  # position in torchvision's `features` Sequential: conv, ReLU, pool, fires...
     for i, (squeeze, expand) in enumerate(self.fires):
       if i in self.pool_before:
-        x = layers.max_pool(x, 3, 2, ceil_mode=True)
+        x = layers.max_pool(self.stage_end(x), 3, 2, ceil_mode=True)
         index += 1
-      x = Fire(squeeze, expand, conv=conv, act=act, name=f'features.{index}')(x)
+      x = Fire(squeeze, expand, conv=self._conv, act=act, name=f'features.{index}')(x)
       index += 1
+    return self.stage_end(x)
 
-    # classifier: Dropout, Conv2d 1x1, ReLU, AdaptiveAvgPool2d(1)
+  def classify(self, x: jax.Array, *, train: bool, pre_logits: bool) -> jax.Array:
+    # classifier: Dropout, Conv2d 1x1, ReLU, AdaptiveAvgPool2d(1); pre_logits: the average of
+    # the (dropped out) maps the 1x1 convolution reads, without it.
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    x = act(conv(self.num_classes, (1, 1), kernel_init='normal_0.01', name='classifier.1')(x))
+    if not pre_logits:
+      act = layers.get_activation(self.act)
+      x = act(self._conv(self.num_classes, (1, 1), kernel_init='normal_0.01',
+                         name='classifier.1')(x))
     if x.shape[1] == 0 or x.shape[2] == 0:
       raise ValueError(f'SqueezeNet: empty class maps {x.shape}; the input is too small')
     x = jnp.mean(x, axis=(1, 2))  # AdaptiveAvgPool2d((1, 1))
     return x.astype(layers.output_dtype(self.dtype))
+
+  @nn.nowrap  # Fire calls it: the convolutions it makes belong to the Fire module
+  def _conv(self, features: int, kernel: tuple[int, int], *, kernel_init: str | None = None,
+            **kwargs: Any) -> nn.Conv:
+    return nn.Conv(features, kernel, dtype=self.dtype, param_dtype=jnp.float32,
+                   kernel_init=layers.get_kernel_init(kernel_init or self.kernel_init), **kwargs)
 
 
 # Iandola et al. 2016, Table 1: 224x224 ImageNet crops; squeeze/expand filters of fire2..fire9;

@@ -29,7 +29,7 @@ from resnet_jax.models.registry import register
 HEADS = ('imagenet', 'cifar')
 
 
-class VGG(nn.Module):
+class VGG(layers.Classifier):
   """VGG: blocks of 3x3 convolutions + ReLU and a 2x2/2 max pool, then a classifier.
 
   Arguments:
@@ -64,8 +64,7 @@ class VGG(nn.Module):
   bn_epsilon: float = 1e-5
   fully_conv: bool = False
 
-  @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+  def backbone(self, x: jax.Array, *, train: bool) -> jax.Array:
     if self.head not in HEADS:
       raise ValueError(f'unknown head {self.head!r}; valid: {", ".join(HEADS)}')
     act = layers.get_activation(self.act)
@@ -83,13 +82,19 @@ class VGG(nn.Module):
           index += 1
         x = act(x)
         index += 1
-      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      # Feature maps as timm's VGG: each block's output before its pool, then the last pool's.
+      x = nn.max_pool(self.stage_end(x), (2, 2), strides=(2, 2))
       index += 1
+    return self.stage_end(x)
 
+  def classify(self, x: jax.Array, *, train: bool, pre_logits: bool) -> jax.Array:
+    act = layers.get_activation(self.act)
     # torchvision and Sec. 3.1 initialise the FC layers from N(0, 0.01).
     dense = dict(dtype=self.dtype, param_dtype=jnp.float32,
                  kernel_init=layers.get_kernel_init('normal_0.01'))
     if self.head == 'cifar':
+      if pre_logits:  # what the linear head reads: the 512 channels of the 1x1 map
+        return self._logits(x if self.fully_conv else layers.flatten_nchw(x))
       # The 1x1 map five pools leave of a 32x32 image is the window of the dense evaluation.
       x = layers.FlattenDense(self.num_classes, fully_conv=self.fully_conv, window=1,
                               name='classifier', **dense)(x)
@@ -103,11 +108,14 @@ class VGG(nn.Module):
     # classifier: Linear, ReLU, Dropout, Linear, ReLU, Dropout, Linear; on maps, 1x1 convolutions.
     x = act(nn.Dense(self.hidden, name='classifier.3', **dense)(x))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    if pre_logits:  # the 4096 features of the second FC layer (timm's pre_logits)
+      return self._logits(x)
     x = nn.Dense(self.num_classes, name='classifier.6', **dense)(x)
     return self._logits(x)
 
   def _logits(self, x: jax.Array) -> jax.Array:
-    """Logits [N, classes]; Sec. 3.2: a class score map (fully_conv) is averaged over space."""
+    """Logits [N, classes] (or features [N, D]); Sec. 3.2: a class score map (fully_conv) is
+    averaged over space."""
     if x.ndim == 4:
       x = jnp.mean(x, axis=(1, 2))
     return x.astype(layers.output_dtype(self.dtype))

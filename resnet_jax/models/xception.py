@@ -92,7 +92,7 @@ class Block(nn.Module):
     return y + x
 
 
-class Xception(nn.Module):
+class Xception(layers.Classifier):
   """Xception in timm's `legacy_xception` layout (299x299). The head is a global average pool, so
   smaller inputs work too (Keras asks for 71x71 or more; the convolutions run from 7x7 up).
 
@@ -115,8 +115,7 @@ class Xception(nn.Module):
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
 
-  @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+  def backbone(self, x: jax.Array, *, train: bool) -> jax.Array:
     act = layers.get_activation(self.act)
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
                              kernel_init=layers.get_kernel_init(self.kernel_init))
@@ -125,23 +124,35 @@ class Xception(nn.Module):
                              epsilon=self.bn_epsilon)
     block = functools.partial(Block, conv=conv, norm=norm, act=act)
 
+    # Feature maps where timm's legacy_xception takes them: `act2`, the ReLUs that open block2,
+    # block3 and the exit flow's block (`blockN.rep.0`), and `act4`. Those three are the
+    # preceding block's output after a ReLU (the last map at its resolution, activated); the
+    # blocks' shortcuts read it before the ReLU, so the net goes on with `x` itself.
     # Entry flow (Fig. 5): 299 -> 149 -> 147, then blocks to 74, 37, 19.
     x = conv(32, (3, 3), strides=(2, 2), padding='VALID', name='conv1')(x)
     x = act(norm(name='bn1')(x))
     x = conv(64, (3, 3), padding='VALID', name='conv2')(x)
-    x = act(norm(name='bn2')(x))
+    x = self.stage_end(act(norm(name='bn2')(x)))
     x = block(128, 2, 2, start_with_relu=False, name='block1')(x)
+    self.stage_end(act(x))
     x = block(256, 2, 2, name='block2')(x)
+    self.stage_end(act(x))
     x = block(728, 2, 2, name='block3')(x)
     # Middle flow: 19x19x728, repeated eight times.
     for i in range(self.middle_blocks):
       x = block(728, 3, 1, name=f'block{4 + i}')(x)
+    self.stage_end(act(x))
     # Exit flow: 19 -> 10, then separable 1536 and 2048, each + BN + ReLU.
     x = block(1024, 2, 2, grow_first=False, name=f'block{4 + self.middle_blocks}')(x)
     x = act(norm(name='bn3')(SeparableConv(1536, conv, name='conv3')(x)))
     x = act(norm(name='bn4')(SeparableConv(2048, conv, name='conv4')(x)))
+    return self.stage_end(x)
+
+  def classify(self, x: jax.Array, *, train: bool, pre_logits: bool) -> jax.Array:
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    if pre_logits:
+      return x.astype(layers.output_dtype(self.dtype))
     # PyTorch's nn.Linear init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) weights.
     x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32,
                  kernel_init=nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform'),
