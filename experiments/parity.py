@@ -63,6 +63,8 @@ _SAME_INIT = flags.DEFINE_bool(
 _PER_CLASS = flags.DEFINE_integer('per_class', 0, 'Use the first N images of each class of the '
                                   'shared archive (0: all); ignored with --data.')
 
+# Model fields the twins take too (torch_peers.CifarVGG's width).
+TWIN_FIELDS = ('width',)
 FIELDS = ['recipe', 'model', 'side', 'seed', 'epochs', 'steps', 'test_accuracy', 'seconds']
 # Structural model options the torch twins do not mirror: parity needs them unset.
 STRUCTURAL = ('act', 'residual', 'shortcut', 'dropout_rate', 'dropconnect_rate',
@@ -104,7 +106,12 @@ def torch_twin(config, num_classes: int):
 
   from resnet_jax.torch_peers import torch_peer
   torch.manual_seed(config.seed)
-  return torch_peer(config.model.name, num_classes=num_classes)
+  return torch_peer(config.model.name, num_classes=num_classes, **twin_options(config))
+
+
+def twin_options(config) -> dict:
+  """The set fields of config.model that the twins mirror (TWIN_FIELDS)."""
+  return {k: config.model[k] for k in TWIN_FIELDS if config.model[k] is not None}
 
 
 def save_torch_init(config, path: str) -> str:
@@ -113,7 +120,7 @@ def save_torch_init(config, path: str) -> str:
   if not os.path.isdir(path):
     net = torch_twin(config, num_classes=10)
     convert.save_variables(convert.from_torch(config.model.name, net.state_dict(),
-                                              num_classes=10), path)
+                                              num_classes=10, **twin_options(config)), path)
   return path
 
 

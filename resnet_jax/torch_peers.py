@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from resnet_jax.models import list_models, model_spec
+from resnet_jax.models.vgg import scaled_blocks
 
 # torchvision constructor arguments that make the twin our registered net: no auxiliary heads
 # (ours are off by default) and no truncated-normal init of the whole net (slow, and the weights
@@ -80,9 +81,10 @@ class CifarVGG(nn.Module):
   ours) and one Linear head on the 1x1x512 map, initialised as torchvision's VGG: convolutions
   Kaiming normal fan-out with zero bias, BN scale 1 and offset 0, Linear N(0, 0.01), zero bias."""
 
-  def __init__(self, blocks, num_classes: int = 10, batch_norm: bool = True):
+  def __init__(self, blocks, num_classes: int = 10, batch_norm: bool = True, width: float = 1.0):
     super().__init__()
     from torchvision.models.vgg import make_layers
+    blocks = scaled_blocks(blocks, width)  # VGG's `width` multiplier, rounded as ours
     layout = [c for num_convs, channels in blocks for c in [channels] * num_convs + ['M']]
     self.features = make_layers(layout, batch_norm=batch_norm)
     self.classifier = nn.Linear(blocks[-1][1], num_classes)

@@ -94,3 +94,26 @@ def test_cifar_vgg16_twin_is_a_parity_recipe_model():
   twin = torch_peer('cifar_vgg16', num_classes=10)
   assert sum(p.numel() for p in twin.parameters()) == 14_728_266
   assert create_model('cifar_vgg16', num_classes=10).batch_norm
+
+
+def test_slim_vgg_twin_gives_our_logits():
+  """`model.width=0.25` (16..128 channels, the CPU-sized parity net) on both sides: the same
+  parameter count and, after weight import, the same logits."""
+  import jax
+  import numpy as np
+  import torch
+
+  from resnet_jax import convert
+  from resnet_jax.models import count_params
+  from resnet_jax.torch_peers import torch_peer
+  torch.manual_seed(0)
+  twin = torch_peer('cifar_vgg16', num_classes=10, width=0.25).eval()
+  assert sum(p.numel() for p in twin.parameters()) == count_params('cifar_vgg16', width=0.25)
+  assert count_params('cifar_vgg16', width=0.25) == 924_186
+  variables = convert.from_torch('cifar_vgg16', twin.state_dict(), width=0.25)
+  model = create_model('cifar_vgg16', num_classes=10, width=0.25)
+  x = np.random.default_rng(0).standard_normal((2, 32, 32, 3)).astype(np.float32)
+  with torch.no_grad():
+    theirs = twin(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
+  ours = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x))
+  assert np.abs(ours - theirs).max() <= 1e-5 * np.abs(theirs).max()
