@@ -11,22 +11,33 @@ A model's flax parameter path, module names joined with '.', is the torch module
 Families whose flax names predate this (the ResNets) have a renaming function below, chosen by
 the twin the registry declares for the model (`model_spec(name)['torch_twin']`).
 
-  python -m resnet_jax.convert --model resnet50 --weights FILE(.pth|.safetensors) --out DIR
+  python -m resnet_jax.convert --model resnet50 --weights FILE(.pth|.safetensors) --out DIR \\
+      [--source torchvision:IMAGENET1K_V1 | timm:TAG] [--mean ...] [--class-names FILE] ...
 
-writes an orbax checkpoint of {'params', 'batch_stats'} that `config.init_from=DIR` loads.
+writes an orbax checkpoint of {'params', 'batch_stats'} that `config.init_from=DIR` loads, and
+beside it DIR/pretrained_cfg.json: what the weights expect (timm's pretrained_cfg): source, mean
+and std (0..1 scale), input size, crop fraction, interpolation, class names, the weights' license.
+Its defaults come from the twin library's own record of the weights (torchvision's weight enums,
+timm's pretrained cfgs), read offline; flags override any field.
+
+`create_model(name, weights=PATH)` returns the model, its variables and that cfg, from a converted
+DIR or straight from a torch state dict; `predict --weights=PATH` preprocesses as the cfg says.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import re
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from resnet_jax.models import abstract_variables, create_model, model_spec
+from resnet_jax import models
+from resnet_jax.models import abstract_variables, model_spec
 
 _LEAVES = {('params', 'kernel'): 'weight', ('params', 'scale'): 'weight',
            ('params', 'bias'): 'bias', ('batch_stats', 'mean'): 'running_mean',
@@ -91,7 +102,7 @@ def from_torch(model_name: str, state_dict: Mapping[str, Any], *,
   spec = model_spec(model_name)
   if num_classes is None:
     num_classes = spec['num_classes']
-  model = create_model(model_name, num_classes=num_classes, **overrides)
+  model = models.create_model(model_name, num_classes=num_classes, **overrides)
   # Shapes only: nothing is initialised.
   target = abstract_variables(model, (spec['input_size'], spec['input_size'], spec['in_channels']))
   rename = _torch_module_path(model_name)
@@ -141,12 +152,152 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
   raise ValueError(f'--weights {path}: expected a .safetensors, .pth or .pt file')
 
 
-def save_variables(variables: dict, out_dir: str) -> None:
-  """An orbax checkpoint of {'params', 'batch_stats'} at `out_dir` (for config.init_from)."""
+def save_variables(variables: dict, out_dir: str, pretrained_cfg: dict | None = None) -> None:
+  """An orbax checkpoint of {'params', 'batch_stats'} at `out_dir` (for config.init_from), with
+  `pretrained_cfg` written beside it as PRETRAINED_CFG when given."""
   import orbax.checkpoint as ocp
   path = os.path.abspath(out_dir) if '://' not in out_dir else out_dir
   with ocp.StandardCheckpointer() as checkpointer:
     checkpointer.save(path, variables, force=True)
+  if pretrained_cfg is not None:
+    check_pretrained_cfg(pretrained_cfg, out_dir)
+    with open(os.path.join(path, PRETRAINED_CFG), 'w') as f:
+      json.dump(pretrained_cfg, f, indent=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pretrained configs: what converted weights expect of their input (timm's pretrained_cfg).
+
+PRETRAINED_CFG = 'pretrained_cfg.json'
+CFG_FIELDS = ('model', 'source', 'num_classes', 'input_size', 'mean', 'std', 'crop_fraction',
+              'interpolation', 'class_names', 'license')
+INTERPOLATIONS = ('bilinear', 'bicubic', 'nearest')
+# torchvision's weights carry no license field; its docs put them under the BSD-3-Clause
+# license of the library, the ImageNet terms of access applying to the data they came from.
+_TORCHVISION_LICENSE = 'bsd-3-clause (torchvision; trained on ImageNet, see its terms of access)'
+
+
+def check_pretrained_cfg(cfg: Mapping[str, Any], where: str) -> None:
+  """A ValueError naming the field of `cfg` (from `where`) that is missing or not valid."""
+  missing = [k for k in CFG_FIELDS if k not in cfg]
+  if missing:
+    raise ValueError(f'{where}: pretrained_cfg lacks {", ".join(missing)} '
+                     f'(fields: {", ".join(CFG_FIELDS)})')
+  channels = cfg['input_size'][0]
+  for key in ('mean', 'std'):
+    if len(cfg[key]) not in (1, channels) or (key == 'std' and min(cfg[key]) <= 0):
+      raise ValueError(f'{where}: pretrained_cfg {key} {cfg[key]} is not 1 or {channels} '
+                       f'values (0..1 scale){", all > 0" if key == "std" else ""}')
+  if not 0 < cfg['crop_fraction'] <= 1:
+    raise ValueError(f'{where}: pretrained_cfg crop_fraction {cfg["crop_fraction"]} is not in '
+                     f'(0, 1]')
+  if cfg['interpolation'] not in INTERPOLATIONS:
+    raise ValueError(f'{where}: pretrained_cfg interpolation {cfg["interpolation"]!r}; valid: '
+                     f'{", ".join(INTERPOLATIONS)}')
+  if cfg['class_names'] and len(cfg['class_names']) != cfg['num_classes']:
+    raise ValueError(f'{where}: pretrained_cfg names {len(cfg["class_names"])} classes for '
+                     f'num_classes {cfg["num_classes"]}')
+
+
+def twin_pretrained_cfg(model_name: str, source: str | None = None) -> dict[str, Any]:
+  """The pretrained_cfg of the twin library's weights for `model_name`, read from the library
+  (no download): `source` is 'torchvision:ENUM' (e.g. 'torchvision:IMAGENET1K_V1'; default the
+  library's DEFAULT weights) or 'timm:TAG' (e.g. 'timm:a1h_in1k'; default timm's default tag).
+  A model whose twin is neither gets a cfg of its registered input size and no normalisation:
+  give the rest with `convert --mean/--std/...`."""
+  spec = model_spec(model_name)
+  library, _, twin = (spec['torch_twin'] or ' ').partition(' ')
+  kind, _, tag = (source or f'{library}:').partition(':')
+  if source and kind != library:
+    raise ValueError(f'--source {source}: the twin of {model_name} is {spec["torch_twin"]}; '
+                     f'give {library}:TAG or leave --source out')
+  cfg = {'model': model_name, 'num_classes': spec['num_classes'],
+         'input_size': [spec['in_channels'], spec['input_size'], spec['input_size']],
+         'mean': [0.0], 'std': [1.0 / 255], 'crop_fraction': 1.0, 'interpolation': 'bilinear',
+         'class_names': [], 'license': 'unknown', 'source': source or 'unknown'}
+  if library == 'torchvision':
+    import torchvision
+    enum = torchvision.models.get_model_weights(twin)
+    weights = enum[tag] if tag else enum.DEFAULT
+    view = weights.transforms()
+    crop, resize = view.crop_size[0], view.resize_size[0]
+    cfg.update(source=f'torchvision:{weights}', mean=list(view.mean), std=list(view.std),
+               input_size=[spec['in_channels'], crop, crop], crop_fraction=crop / resize,
+               interpolation=view.interpolation.value, class_names=list(weights.meta['categories']),
+               license=_TORCHVISION_LICENSE)
+  elif library == 'timm':
+    import timm
+    from timm.data import ImageNetInfo, infer_imagenet_subset
+    theirs = timm.get_pretrained_cfg(f'{twin}.{tag}' if tag else twin)
+    if theirs is None:
+      raise ValueError(f'--source {source}: timm has no pretrained cfg {twin}.{tag}')
+    subset = infer_imagenet_subset(theirs)
+    names = ImageNetInfo(subset).label_descriptions() if subset else []
+    cfg.update(source=f'timm:{theirs.architecture}.{theirs.tag}', mean=list(theirs.mean),
+               std=list(theirs.std), input_size=list(theirs.input_size),
+               crop_fraction=theirs.crop_pct, interpolation=theirs.interpolation,
+               class_names=list(names), license=theirs.license or 'unknown',
+               num_classes=theirs.num_classes)
+  return cfg
+
+
+def load_pretrained_cfg(path: str) -> dict[str, Any] | None:
+  """PATH/pretrained_cfg.json (checked), or None when the checkpoint at `path` has none."""
+  file = os.path.join(path, PRETRAINED_CFG)
+  if not os.path.isfile(file):
+    return None
+  with open(file) as f:
+    cfg = json.load(f)
+  check_pretrained_cfg(cfg, file)
+  return cfg
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Pretrained:
+  """`create_model(name, weights=PATH)`: unpacks as `model, variables = ...`; `cfg` is the
+  weights' pretrained_cfg."""
+  model: Any
+  variables: dict
+  cfg: dict
+
+  def __iter__(self) -> Iterator[Any]:
+    return iter((self.model, self.variables))
+
+
+def create_model(name: str, *, weights: str, source: str | None = None,
+                 **overrides: Any) -> Pretrained:
+  """The registered model `name` with converted weights, ready to use.
+
+  `weights`: a directory `convert` wrote (its pretrained_cfg.json is read and must name this
+  model), or a torch state dict (.safetensors, .pth) of the model's twin, converted here, whose
+  cfg is the twin library's (`source` as in `twin_pretrained_cfg`). `overrides` go to
+  `models.create_model` (num_classes=0 or features_only drop the classifier's weights).
+  """
+  if os.path.isdir(weights):
+    cfg = load_pretrained_cfg(weights)
+    if cfg is None:
+      raise FileNotFoundError(f'weights {weights}: no {PRETRAINED_CFG}; convert it with '
+                              f'python -m resnet_jax.convert (which writes one)')
+    if cfg['model'] != name:
+      raise ValueError(f'weights {weights} are {cfg["model"]!r} weights, not {name!r}')
+    variables = load_variables(weights)
+  else:
+    cfg = twin_pretrained_cfg(name, source)
+    variables = from_torch(name, load_state_dict(weights))
+    if _classes(variables, name) != cfg['num_classes']:
+      raise ValueError(f'weights {weights}: {_classes(variables, name)} classes, but '
+                       f'{cfg["source"]} has {cfg["num_classes"]}; convert them with '
+                       f'python -m resnet_jax.convert, giving their cfg')
+  num_classes = overrides.pop('num_classes', cfg['num_classes'])
+  model = models.create_model(name, num_classes=num_classes, **overrides)
+  return Pretrained(model, variables, cfg)
+
+
+def _classes(variables: dict, name: str) -> int:
+  node = variables['params']
+  for key in model_spec(name)['classifier'].split('/'):
+    node = node[key]
+  return node['kernel'].shape[-1]
 
 
 def load_variables(path: str) -> dict:
@@ -165,13 +316,26 @@ def load_variables(path: str) -> dict:
   return {'params': restored['params'], 'batch_stats': restored.get('batch_stats', {})}
 
 
-def with_pretrained(state, path: str):
+def with_pretrained(state, path: str, dataset: Any = None):
   """`config.init_from`: a train state (one host copy) with the params and BN statistics of a
   converted or trained checkpoint at `path`; the optimizer state starts afresh.
 
   Leaves whose shape differs only in the last axis (the classifier, when `num_classes` differs)
-  keep their fresh initialisation; any other difference is an error naming the leaf.
+  keep their fresh initialisation; any other difference is an error naming the leaf. With
+  `dataset` (config.dataset), a fixed mean/std other than the weights' pretrained_cfg is
+  warned about: features learnt on one normalisation see shifted inputs under another.
   """
+  cfg = load_pretrained_cfg(path) if os.path.isdir(path) else None
+  if cfg and dataset is not None and dataset.preprocess == 'fixed':
+    want = [np.broadcast_to(np.asarray(cfg[k]) * 255, (cfg['input_size'][0],)) for k in
+            ('mean', 'std')]
+    have = [np.broadcast_to(np.asarray(v, float), (cfg['input_size'][0],))
+            for v in (dataset.mean, dataset.std)]
+    if not all(np.allclose(a, b, atol=0.5) for a, b in zip(want, have)):
+      logging.warning('init_from %s: its weights expect mean %s and std %s (0..255 scale; '
+                      '%s), this run normalises with config.dataset.mean=%s, std=%s',
+                      path, np.round(want[0], 3).tolist(), np.round(want[1], 3).tolist(),
+                      PRETRAINED_CFG, list(dataset.mean), list(dataset.std))
   loaded = load_variables(path)
   fresh_head = []
 
@@ -203,7 +367,11 @@ def with_pretrained(state, path: str):
                        opt_state=state.tx.init(params))
 
 
-def main(argv=None) -> None:
+def _floats(text: str) -> list[float]:
+  return [float(v) for v in text.split(',')]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
   import argparse
   parser = argparse.ArgumentParser(prog='python -m resnet_jax.convert', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -212,11 +380,35 @@ def main(argv=None) -> None:
   parser.add_argument('--out', required=True, help='directory for the orbax checkpoint')
   parser.add_argument('--num-classes', type=int, default=None,
                       help="the weights' class count (default: the registered model's)")
+  parser.add_argument('--source', default=None,
+                      help="the weights' record in the twin library: torchvision:ENUM "
+                           '(IMAGENET1K_V1) or timm:TAG; default: the library default')
+  parser.add_argument('--mean', type=_floats, help='per-channel mean, 0..1 scale: 0.5,0.5,0.5')
+  parser.add_argument('--std', type=_floats, help='per-channel std, 0..1 scale')
+  parser.add_argument('--input-size', type=int, help='the side of the square input')
+  parser.add_argument('--crop-fraction', type=float, help='evaluation crop / resized side')
+  parser.add_argument('--interpolation', choices=INTERPOLATIONS)
+  parser.add_argument('--class-names', help='a text file, one class name per line')
+  parser.add_argument('--license', help="the license of the source weights")
   args = parser.parse_args(argv)
   variables = from_torch(args.model, load_state_dict(args.weights), num_classes=args.num_classes)
-  save_variables(variables, args.out)
+  cfg = twin_pretrained_cfg(args.model, args.source)
+  cfg['num_classes'] = _classes(variables, args.model)
+  if cfg['num_classes'] != len(cfg['class_names']):
+    cfg['class_names'] = []  # the library's names are for other weights (another head)
+  for key in ('mean', 'std', 'crop_fraction', 'interpolation', 'license'):
+    if getattr(args, key) is not None:
+      cfg[key] = getattr(args, key)
+  if args.input_size:
+    cfg['input_size'] = [cfg['input_size'][0], args.input_size, args.input_size]
+  if args.class_names:
+    with open(args.class_names) as f:
+      cfg['class_names'] = [line.strip() for line in f if line.strip()]
+  save_variables(variables, args.out, cfg)
   count = sum(x.size for x in jax.tree.leaves(variables['params']))
-  print(f'{args.model}: {count:,} parameters from {args.weights} -> {args.out}')
+  print(f'{args.model}: {count:,} parameters from {args.weights} -> {args.out} '
+        f'({PRETRAINED_CFG}: {cfg["source"]}, mean {cfg["mean"]}, std {cfg["std"]}, '
+        f'{cfg["crop_fraction"]:.3f} crop, {cfg["interpolation"]})')
 
 
 if __name__ == '__main__':

@@ -2,6 +2,7 @@
 
   python -m resnet_jax.predict --workdir=DIR [--checkpoint=best|latest|STEP] [--top_k=5] \\
       [--ema] [--json] PATH...
+  python -m resnet_jax.predict --weights=DIR PATH...     (converted weights: resnet_jax.convert)
 
 PATH is an image file or a folder (its PNG and JPEG files, recursively, sorted). Prints a table
 (file, then class and probability per rank) or, with --json, a list of
@@ -13,6 +14,11 @@ and the input transform from preprocess.npz. Each image is decoded as the folder
 (grey or RGB, as the model was trained), cut to the evaluation view and normalised as
 `steps.eval_step` does, with its fixed 'fmp' key: a file holding an evaluation image gets the
 probabilities evaluation gave that image.
+
+With --weights (`load_pretrained`), everything comes from the converted checkpoint's
+pretrained_cfg.json instead: the model, the class names, the mean and std, and the view (the
+shorter side resized to input / crop_fraction with its interpolation, the central square kept),
+as the weights' library preprocesses for evaluation.
 """
 from __future__ import annotations
 
@@ -20,7 +26,7 @@ import dataclasses
 import functools
 import json
 import os
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -30,9 +36,10 @@ from absl import app, flags, logging
 from etils import epath
 
 from resnet_jax import checkpoint as checkpoint_lib
-from resnet_jax import data, metrics, records, train, xla_flags
+from resnet_jax import convert, data, metrics, records, train, xla_flags
+from resnet_jax.config import base_config
 from resnet_jax.configs import command_line
-from resnet_jax.data.augment import EvalPreprocess
+from resnet_jax.data.augment import EvalPreprocess, center_crop
 from resnet_jax.data.sources import IMAGE_EXTENSIONS, decode_image
 from resnet_jax.models import abstract_variables, model_spec
 
@@ -52,6 +59,8 @@ class LoadedRun:
   class_names: tuple[str, ...]  # run.json's, or '0', '1', ... when the source named none.
   image_shape: tuple[int, int, int]  # (image_size, image_size, channels) the model takes.
   preprocessing: data.Preprocessing  # preprocess.npz (or the fixed mean/std of the config).
+  # uint8 image -> the view the model takes; None: the evaluation view of config.dataset.augment.
+  view: Callable[[np.ndarray], np.ndarray] | None = None
 
   def __iter__(self) -> Iterator[Any]:
     return iter((self.model, self.variables, self.config))
@@ -189,6 +198,34 @@ def load_run(workdir: str, checkpoint: str | int = 'best', *, ema: bool = False)
                    (config.dataset.image_size, config.dataset.image_size, channels), preprocessing)
 
 
+def load_pretrained(weights: str) -> LoadedRun:
+  """Converted weights (a `resnet_jax.convert` directory) ready to predict, preprocessed as
+  their pretrained_cfg.json says."""
+  pretrained = convert.create_model(_cfg_model(weights), weights=weights)
+  cfg = pretrained.cfg
+  channels, size = cfg['input_size'][0], cfg['input_size'][1]
+  config = base_config()
+  config.model.name = cfg['model']
+  config.dataset.image_size = size
+  mean, std = (np.asarray(cfg[k], np.float32) * 255 for k in ('mean', 'std'))
+  names = tuple(cfg['class_names']) or tuple(str(i) for i in range(cfg['num_classes']))
+  view = functools.partial(center_crop, size=size, crop_fraction=cfg['crop_fraction'],
+                           interpolation=cfg['interpolation'])
+  logging.info('Loaded %s: %s weights from %s, %dx%dx%d input, %s.', weights, cfg['model'],
+               cfg['source'], size, size, channels, cfg['license'])
+  return LoadedRun(pretrained.model, pretrained.variables, config, weights, 0, names,
+                   (size, size, channels), data.Preprocessing('fixed', mean, std), view)
+
+
+def _cfg_model(weights: str) -> str:
+  cfg = convert.load_pretrained_cfg(weights) if os.path.isdir(weights) else None
+  if cfg is None:
+    raise FileNotFoundError(f'--weights {weights}: not a directory with a '
+                            f'{convert.PRETRAINED_CFG}; write one with python -m '
+                            f'resnet_jax.convert --model NAME --weights FILE --out DIR')
+  return cfg['model']
+
+
 # ---------------------------------------------------------------------------------------------
 # Images -> probabilities -> top classes.
 
@@ -248,7 +285,8 @@ def probabilities(run: LoadedRun, images: Iterable[np.ndarray],
   last one padded: one compilation.
   """
   d = run.config.dataset
-  view = EvalPreprocess(d.augment, d.image_size)
+  view = run.view or (lambda image: EvalPreprocess(d.augment, d.image_size).map(
+      {'image': image, 'label': -1})['image'])
   if batch_size is None:
     batch_size = run.config.batch_size
     if isinstance(images, Sequence):
@@ -262,7 +300,7 @@ def probabilities(run: LoadedRun, images: Iterable[np.ndarray],
       if image.shape[-1] != run.image_shape[-1]:
         raise ValueError(f'an image of {image.shape[-1]} channels; the model takes '
                          f'{run.image_shape[-1]}')
-      views[i] = view.map({'image': image, 'label': -1})['image']
+      views[i] = view(image)
     probs = _softmax(variables, pre, views, key, model=run.model)
     out.append(np.asarray(probs)[:len(chunk)])
   return np.concatenate(out)
@@ -279,7 +317,8 @@ def predict(run: LoadedRun | str, paths: Sequence[str], top_k: int = 5, *,
   """One row per image file of `paths` (image_files):
   `{'file': path, 'top': [{'class': name, 'probability': p}, ...]}`, most probable first.
 
-  `run` is a load_run result or a workdir (then loaded with `checkpoint` and `ema`).
+  `run` is a load_run or load_pretrained result, or a workdir (then loaded with `checkpoint`
+  and `ema`).
   """
   if top_k < 1:
     raise ValueError(f'top_k must be >= 1, got {top_k}')
@@ -310,11 +349,12 @@ def table(rows: Sequence[dict]) -> str:
 
 def define_flags() -> None:
   flags.DEFINE_string('workdir', None, 'The workdir of a trained run.')
+  flags.DEFINE_string('weights', None, 'Instead of --workdir: converted weights '
+                      '(python -m resnet_jax.convert), preprocessed as their pretrained_cfg.')
   flags.DEFINE_string('checkpoint', 'best', "'best' (highest eval accuracy), 'latest' or a step.")
   flags.DEFINE_integer('top_k', 5, 'Classes per image, most probable first.')
   flags.DEFINE_bool('ema', False, 'The EMA weights (runs with config.ema_decay > 0).')
   flags.DEFINE_bool('json', False, 'Print JSON instead of a table.')
-  flags.mark_flags_as_required(['workdir'])
 
 
 def main(argv) -> None:
@@ -324,7 +364,10 @@ def main(argv) -> None:
                          'resnet_jax.predict --workdir=DIR PATH...')
   logging.get_absl_handler().addFilter(metrics.QuietLibraries())
   f = flags.FLAGS
-  rows = predict(f.workdir, argv[1:], f.top_k, checkpoint=f.checkpoint, ema=f.ema)
+  if (f.workdir is None) == (f.weights is None):
+    raise app.UsageError('give one of --workdir (a trained run) and --weights (converted weights)')
+  run = load_pretrained(f.weights) if f.weights else f.workdir
+  rows = predict(run, argv[1:], f.top_k, checkpoint=f.checkpoint, ema=f.ema)
   print(json.dumps(rows, indent=1) if f.json else table(rows))
 
 

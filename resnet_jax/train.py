@@ -185,7 +185,7 @@ def setup(config, *, train: bool = True, workdir: str | None = None) -> Experime
   state = parallel.replicated_init(init, jax.random.fold_in(root, INIT))
   if config.init_from:  # On the host, then laid out again like the fresh state.
     host_state = jax.device_get(parallel.unreplicate(state))
-    state = parallel.replicate(with_pretrained(host_state, config.init_from))
+    state = parallel.replicate(with_pretrained(host_state, config.init_from, d))
   preprocessing = data.preprocess.load_or_fit(
       None if workdir is None else os.path.join(workdir, 'preprocess.npz'), train_split, d)
   pre_arrays = jax.tree.map(np.asarray, preprocessing.arrays())

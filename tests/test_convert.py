@@ -47,7 +47,7 @@ def test_mismatch_names_the_tensor_and_both_shapes():
     convert.from_torch('resnet18', state)
 
 
-def test_command_line_writes_a_checkpoint_that_init_from_loads(tmp_path):
+def test_command_line_writes_a_checkpoint_that_init_from_loads(tmp_path, caplog):
   from safetensors.torch import save_file
   twin = random_twin('resnet18')
   weights = str(tmp_path / 'resnet18.safetensors')
@@ -67,6 +67,8 @@ def test_command_line_writes_a_checkpoint_that_init_from_loads(tmp_path):
                           'dataset.eval_split': 'validation', 'dataset.val_fraction': 0.2,
                           'dataset.mean': (127.0,) * 3, 'dataset.std': (64.0,) * 3})
   state = jax.device_get(train.setup(config).state)
+  # Its pretrained_cfg (torchvision's ImageNet mean/std) is not this run's normalisation.
+  assert 'its weights expect mean [123.675, 116.28, 103.53]' in caplog.text
   np.testing.assert_array_equal(state.params['stage3_block1']['conv2']['kernel'],
                                 loaded['params']['stage3_block1']['conv2']['kernel'])
   assert state.params['head']['kernel'].shape == (512, 10)

@@ -92,21 +92,28 @@ class AugmentOptions:
                elastic_alpha=tuple(float(s) for s in d.elastic_alpha))
 
 
-def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
-  """Bilinear resize of a uint8 HWC image (any number of channels PIL can hold: 1 or 3)."""
+# PIL's resampling filters by the names pretrained cfgs use (timm's `interpolation`).
+INTERPOLATIONS = {'bilinear': Image.BILINEAR, 'bicubic': Image.BICUBIC, 'nearest': Image.NEAREST}
+
+
+def resize(image: np.ndarray, height: int, width: int,
+           interpolation: str = 'bilinear') -> np.ndarray:
+  """Resize of a uint8 HWC image (any number of channels PIL can hold: 1 or 3), bilinear unless
+  `interpolation` names another of INTERPOLATIONS."""
   if image.shape[:2] == (height, width):
     return image
   pil = Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image)
-  out = np.asarray(pil.resize((width, height), Image.BILINEAR))
+  out = np.asarray(pil.resize((width, height), INTERPOLATIONS[interpolation]))
   return out.reshape(height, width, image.shape[2])
 
 
-def resize_shorter_side(image: np.ndarray, short: int) -> np.ndarray:
-  """Bilinear resize keeping the aspect ratio, the shorter side to `short` pixels."""
+def resize_shorter_side(image: np.ndarray, short: int,
+                        interpolation: str = 'bilinear') -> np.ndarray:
+  """Resize keeping the aspect ratio, the shorter side to `short` pixels."""
   height, width = image.shape[:2]
   if height <= width:
-    return resize(image, short, max(short, int(round(width * short / height))))
-  return resize(image, max(short, int(round(height * short / width))), short)
+    return resize(image, short, max(short, int(round(width * short / height))), interpolation)
+  return resize(image, max(short, int(round(height * short / width))), short, interpolation)
 
 
 def random_crop(image: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
@@ -173,9 +180,10 @@ def random_resized_crop(image: np.ndarray, rng: np.random.Generator, size: int,
   return resize(image[top:top + h, left:left + w], size, size)
 
 
-def center_crop(image: np.ndarray, size: int, crop_fraction: float = 1.0) -> np.ndarray:
+def center_crop(image: np.ndarray, size: int, crop_fraction: float = 1.0,
+                interpolation: str = 'bilinear') -> np.ndarray:
   """Resize the shorter side to size / crop_fraction, then take the central size x size."""
-  image = resize_shorter_side(image, int(round(size / crop_fraction)))
+  image = resize_shorter_side(image, int(round(size / crop_fraction)), interpolation)
   top, left = (image.shape[0] - size) // 2, (image.shape[1] - size) // 2
   return image[top:top + size, left:left + size]
 
