@@ -74,7 +74,8 @@ def base_config() -> ml_collections.ConfigDict:
   # Every conv/dense bias but the classifier's starts at this value (layers.with_hidden_bias);
   # 0.01: the course notes' remedy for ReLUs that start dead. Unset: each model's own (zeros).
   c.model.bias_init = config_dict.placeholder(float)
-  # MobileNet v1/v2: the width multiplier (Howard et al. 2017, Sec. 4.2; Sandler et al. 2018).
+  # MobileNet v1/v2: the width multiplier (Howard et al. 2017, Sec. 4.2; Sandler et al. 2018);
+  # VGG: the same multiplier of its channel counts (not in its paper; the slim parity runs).
   c.model.width = config_dict.placeholder(float)
   # LeNet-5, AlexNet: 'avg' | 'max' | 'max+avg' (the sum; Mishkin et al. 2016's best pooling).
   c.model.pool = config_dict.placeholder(str)
@@ -199,6 +200,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.babysit.init_loss = True
   # Each kernel's ||update|| / ||weights|| every step, in the train scalars (~1e-3 is healthy).
   c.babysit.update_ratio = False
+  # Every this many steps (0: never), on the first eval batch (<= 64 examples, eval mode):
+  # histograms of each layer's output and each parameter's gradient, and the fraction of dead
+  # ReLU channels per layer ('babysit/dead_relu/LAYER'; CS231n, "Babysitting").
+  c.babysit.histogram_every = 0
+  # The first convolution's filters as an image at each evaluation (Krizhevsky et al. 2012,
+  # Fig. 3: smooth, oriented filters are a healthy sign; noise is not).
+  c.babysit.filters = False
   # --mode=overfit_batch: steps on one batch of batch_size, stopping below this loss.
   c.babysit.overfit_steps = 500
   c.babysit.overfit_loss = 0.01

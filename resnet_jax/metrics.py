@@ -64,6 +64,19 @@ class MetricWriter:
       self.lines.write(json.dumps({'step': step, **scalars}) + '\n')
       self.lines.flush()
 
+  def write_histograms(self, step: int, arrays: dict[str, np.ndarray]) -> None:
+    """One TensorBoard histogram per entry (tag: its key), of all its values."""
+    if self.writer:
+      for tag, values in arrays.items():
+        self.writer.add_histogram(tag, np.asarray(values, np.float32).reshape(-1), step)
+      self.writer.flush()
+
+  def write_image(self, tag: str, image: np.ndarray, step: int) -> None:
+    """An [H, W, 3] image of values in [0, 1] (TensorBoard's Images tab)."""
+    if self.writer:
+      self.writer.add_image(tag, image, step, dataformats='HWC')
+      self.writer.flush()
+
   def write_text(self, tag: str, text: str) -> None:
     """`text` shown verbatim: TensorBoard renders text as Markdown, which would reflow a table."""
     if self.writer:
@@ -283,17 +296,25 @@ RATIO_RANGE = (1e-4, 1e-2)
 
 
 class Watch:
-  """Checks on the metrics the loop fetches (train.loop's `watch`): the initial loss and the
-  update-to-weight ratios, each logged and written to TensorBoard under 'babysit/'."""
+  """Checks on what the loop fetches (train.loop's `watch`), each logged and written to
+  TensorBoard: the initial loss, the update-to-weight ratios and, with an `inspect` function,
+  activation and gradient histograms, dead-ReLU fractions and the first layer's filters."""
 
-  def __init__(self, babysit, num_classes: int, model=None):
+  def __init__(self, babysit, num_classes: int, model=None, inspect=None):
     """`babysit`: config.babysit; `model`: the model trained (its auxiliary classifiers' loss
-    weight, AUX_WEIGHT, is taken out of the first loss)."""
+    weight, AUX_WEIGHT, is taken out of the first loss); `inspect(variables)`: a fixed batch's
+    steps.layer_statistics (histograms and dead ReLUs every babysit.histogram_every steps)."""
     self.init_loss, self.num_classes = babysit.init_loss, num_classes
     self.aux_weight = getattr(model, 'AUX_WEIGHT', 0.0)
+    self.histogram_every, self.filters = babysit.histogram_every, babysit.filters
+    self.inspect, self.last_step = inspect, None
 
-  def __call__(self, step_metrics: list[tuple[int, dict]], writer: MetricWriter) -> None:
+  def __call__(self, step_metrics: list[tuple[int, dict]], writer: MetricWriter,
+               state=None, evaluated: bool = False) -> None:
+    """`state() -> the train state` (one copy) for the looks inside the net; `evaluated`: this
+    step is an evaluation's (the filters are written then)."""
     first_step, first = step_metrics[0]
+    step = step_metrics[-1][0]
     if self.init_loss and first_step == 1:  # A fresh run: step 1 saw the initial weights.
       # The main classifier's loss: `loss` also holds the weighted auxiliary losses.
       loss = np.asarray(first['loss']) - self.aux_weight * np.asarray(first.get('aux_loss', 0.0))
@@ -302,7 +323,69 @@ class Watch:
       check_initial_loss(loss, self.num_classes)
     ratios = {k: v for k, v in step_metrics[-1][1].items() if k.startswith('update_ratio/')}
     if ratios:
-      logging.info('%s', describe_update_ratios(ratios, step_metrics[-1][0]))
+      logging.info('%s', describe_update_ratios(ratios, step))
+    every, last = self.histogram_every, (first_step - 1 if self.last_step is None
+                                         else self.last_step)
+    self.last_step = step
+    inspect_now = self.inspect and every and step // every > last // every
+    if state is None or not (inspect_now or (self.filters and evaluated)):
+      return
+    current = state()
+    current = jax.device_get({'params': current.params, 'batch_stats': current.batch_stats})
+    if inspect_now:
+      stats = jax.device_get(self.inspect(current))
+      writer.write_histograms(step, {**{f'activations/{k}': v for k, v in
+                                        stats['activations'].items()},
+                                     **{f'gradients/{k}': v for k, v in
+                                        stats['gradients'].items()}})
+      dead = {k: float(v) for k, v in stats['dead'].items()}
+      writer.write(step, {f'babysit/dead_relu/{k}': v for k, v in dead.items()})
+      logging.info('%s', describe_dead(dead, step))
+    if self.filters and evaluated:
+      kernel = first_kernel(current['params'])
+      if kernel is not None:
+        writer.write_image('babysit/first_layer_filters', filter_grid(kernel), step)
+
+
+def describe_dead(dead: dict[str, float], step: int) -> str:
+  """One line: the mean dead-ReLU fraction over the layers and the worst layers."""
+  if not dead:
+    return f'dead ReLUs at step {step}: no layer outputs to check'
+  worst = sorted(dead, key=dead.get, reverse=True)[:3]
+  mean = float(np.mean(list(dead.values())))
+  return (f'dead ReLUs at step {step}: {mean:.1%} of channels on average over {len(dead)} '
+          f'layers; most: ' + ', '.join(f'{k} {dead[k]:.0%}' for k in worst))
+
+
+def first_kernel(params: dict) -> np.ndarray | None:
+  """The first [kh, kw, in, out] convolution kernel of `params` in creation order (the stem's),
+  or None for a net without convolutions."""
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    if path[-1].key == 'kernel' and np.ndim(leaf) == 4:
+      return np.asarray(leaf)
+  return None
+
+
+def filter_grid(kernel: np.ndarray, scale: int = 4, border: int = 1) -> np.ndarray:
+  """A first-layer kernel [kh, kw, in, out] as one [H, W, 3] image in [0, 1]: a tile per filter,
+  each stretched to its own min..max (grey for one input channel; only the first three
+  input channels shown otherwise), `scale` pixels per weight, a black `border`."""
+  kh, kw, cin, cout = kernel.shape
+  tiles = np.asarray(kernel, np.float32)[:, :, :3, :]
+  low = tiles.min(axis=(0, 1, 2), keepdims=True)
+  high = tiles.max(axis=(0, 1, 2), keepdims=True)
+  tiles = (tiles - low) / np.maximum(high - low, 1e-12)
+  if tiles.shape[2] < 3:
+    tiles = np.repeat(tiles[:, :, :1], 3, axis=2)
+  tiles = tiles.repeat(scale, 0).repeat(scale, 1)
+  columns = math.ceil(math.sqrt(cout))
+  rows = math.ceil(cout / columns)
+  th, tw = kh * scale + border, kw * scale + border
+  grid = np.zeros((rows * th + border, columns * tw + border, 3), np.float32)
+  for i in range(cout):
+    r, c = divmod(i, columns)
+    grid[border + r * th:(r + 1) * th, border + c * tw:(c + 1) * tw] = tiles[..., i]
+  return grid
 
 
 def check_initial_loss(loss, num_classes: int) -> bool:

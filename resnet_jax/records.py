@@ -42,7 +42,8 @@ EVAL_FIELDS = ('dataset.eval_split', 'batch_size', 'dataset.data_dir', 'dataset.
 # damaged-checkpoint error itself asks for restore_fallback=true.
 RECOVERY_FIELDS = ('restore_fallback', 'compilation_cache_dir', 'babysit.init_loss',
                    'babysit.update_ratio', 'babysit.overfit_steps', 'babysit.overfit_loss',
-                   'babysit.lr_find_steps', 'babysit.lr_find_range')
+                   'babysit.lr_find_steps', 'babysit.lr_find_range', 'babysit.histogram_every',
+                   'babysit.filters')
 # Names other codebases give our fields (torch, timm, Keras), for the unknown-field hint.
 ALIASES = {'learning_rate': 'schedule.base_lr', 'lr': 'schedule.base_lr',
            'epochs': 'num_epochs', 'wd': 'optimizer.weight_decay', 'model': 'model.name',

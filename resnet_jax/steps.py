@@ -8,6 +8,7 @@ Every option is an explicit argument: nothing here reads a config.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -255,6 +256,56 @@ def update_to_weight_ratios(old, new) -> dict[str, jax.Array]:
       ratios[f'update_ratio/{name}'] = (optax.tree.norm(w_new - w)
                                         / jnp.maximum(optax.tree.norm(w), 1e-12))
   return ratios
+
+
+def layer_statistics(variables: dict, images: jax.Array, labels: jax.Array, pre: dict, *,
+                     model, classifier: str = '', key: jax.Array | None = None
+                     ) -> dict[str, dict[str, jax.Array]]:
+  """A look inside the net on one batch (config.babysit.histogram_every), in evaluation mode:
+
+  - 'activations': every module's output ([N, H, W, C] maps and [N, D] vectors; flax's
+    capture_intermediates), by module path; the logits are left out.
+  - 'dead': per such output, the fraction of its channels that are <= 0 on every example and
+    position: after a ReLU (or before one) those channels pass nothing on, "dead ReLUs"
+    (CS231n, "Babysitting the learning process"). A channel of an output no ReLU follows (the
+    BN before a residual addition) counts too if it never turns positive. Not the
+    `classifier`'s (the logits).
+  - 'gradients': the mean cross-entropy's gradient of every parameter, by parameter path.
+  Call it jitted, with `model` static.
+  """
+  x = preprocess.apply(pre, images, model.dtype)
+  rngs = {} if key is None else {'fmp': key}
+
+  def loss_fn(params):
+    logits, state = model.apply({**variables, 'params': params}, x, train=False, rngs=rngs,
+                                capture_intermediates=True, mutable=['intermediates'])
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+    return jnp.mean(loss), state['intermediates']
+
+  grads, captured = jax.grad(loss_fn, has_aux=True)(variables['params'])
+  activations, dead = {}, {}
+  for path, value in jax.tree_util.tree_flatten_with_path(captured)[0]:
+    names = [getattr(k, 'key', None) for k in path]
+    if names[-2:-1] != ['__call__'] or len(names) < 3 or value.ndim not in (2, 4):
+      continue  # The top-level output (logits), sown values, tuples of outputs.
+    name = '/'.join(names[:-2])
+    activations[name] = value.astype(jnp.float32)
+    if name != classifier:
+      dead[name] = jnp.mean(jnp.max(value.reshape(-1, value.shape[-1]), axis=0) <= 0)
+  gradients = {'/'.join(k.key for k in path): g
+               for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]}
+  return {'activations': activations, 'dead': dead, 'gradients': gradients}
+
+
+def layer_inspector(batch: dict, pre: dict, model, key: jax.Array | None, classifier: str,
+                    examples: int = 64):
+  """`variables -> layer_statistics` on the real examples of `batch` (at most `examples`),
+  jitted: what metrics.Watch calls every config.babysit.histogram_every steps."""
+  real = np.asarray(batch['mask']) > 0
+  return jax.jit(functools.partial(
+      layer_statistics, images=batch['image'][real][:examples],
+      labels=batch['label'][real][:examples], pre=pre, model=model, key=key,
+      classifier=classifier))
 
 
 def eval_step(state: TrainState, batch: dict, key: jax.Array | None = None,

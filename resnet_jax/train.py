@@ -235,7 +235,7 @@ def loop(state, *, parallel: DataParallel, start: int, end: int, total_steps: in
     at each evaluation, at `end` and on SIGTERM (then the loop stops early).
   - With `names` the state holds one member per name (vmapped trials, seed ensembles): each
     metric and score is one value per member, logged and written per member.
-  - `watch(step_metrics, writer)` sees every fetched step's metrics (babysitting checks).
+  - `watch(step_metrics, writer, state, evaluated)`: babysitting checks (metrics.Watch).
   A loss or gradient norm that is NaN or Inf stops the run before it reaches a checkpoint,
   unless `skip_nonfinite`.
   """
@@ -268,7 +268,7 @@ def loop(state, *, parallel: DataParallel, start: int, end: int, total_steps: in
                       for pair in metrics.split_by_step(call_steps, v, chunked)]
       metrics.check_finite(step_metrics, skip_nonfinite)
       if watch:
-        watch(step_metrics, writer)
+        watch(step_metrics, writer, lambda: parallel.unreplicate(state), eval_now)
       window += [v for _, v in step_metrics]
       pending = []
       if log_now:
@@ -305,16 +305,13 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None,
                        allow_config_change=()) -> dict:
   """Trains `config` in `workdir`, resuming from its latest checkpoint if there is one.
 
-  Evaluates on `config.dataset.eval_split` every `eval_every_epochs` and at the end, saves a
-  checkpoint every `checkpoint_every_steps`, at every evaluation and at the end, and writes
-  `results.json`. On SIGTERM, or at `stop_at_step`, it saves a checkpoint and returns early
-  (`{'step': ..., 'preempted': True}`); the next call resumes exactly there.
-
-  The workdir records the run (records.py: config.json, run.json) and is locked while it trains.
-  A restart whose config differs from the stored one is refused, unless every changed field is
-  named in `allow_config_change`. With the split on the devices (`config.dataset.on_device`),
-  one call runs several steps (to the next log, eval or checkpoint step; a SIGTERM is noticed at
-  the end of a call); the checkpoints then hold no data iterator.
+  Evaluates every `eval_every_epochs` and at the end, checkpoints every `checkpoint_every_steps`,
+  at every evaluation and at the end, and writes `results.json`. On SIGTERM or at `stop_at_step`
+  it checkpoints and returns `{'step': ..., 'preempted': True}`; the next call resumes there.
+  The workdir records the run (records.py) and is locked while it trains; a restart whose config
+  differs from the stored one is refused unless each change is in `allow_config_change`. With
+  the split on the devices (`config.dataset.on_device`) one call runs several steps (a SIGTERM
+  is noticed at the end of a call) and the checkpoints hold no data iterator.
   """
   metrics.use_info_logging()
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # Local or a bucket (gs://...).
@@ -382,7 +379,10 @@ def _train_and_evaluate(config, workdir: str, stop_at_step: int | None, changes:
         batch_size=config.batch_size, periods=periods, max_steps_per_call=max_steps,
         chunked=use_device, advance=advance, evaluate=functools.partial(evaluate, exp),
         save=save, writer=writer, schedule=exp.schedule, skip_nonfinite=config.skip_nonfinite,
-        watch=metrics.Watch(config.babysit, exp.eval_split.num_classes, exp.model))
+        watch=metrics.Watch(config.babysit, exp.eval_split.num_classes, exp.model, inspect=(
+            config.babysit.histogram_every or None) and steps.layer_inspector(
+                next(iter(exp.eval_batches())), exp.preprocessing.arrays(), exp.model,
+                exp.eval_key, model_spec(config.model.name)['classifier'])))
     checkpointer.wait()
   finally:
     if writer:

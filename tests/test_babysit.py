@@ -142,3 +142,50 @@ def test_suggest_lr_reads_a_known_curve():
   assert 0.4 < result['edge_lr'] < 0.8 and result['suggested_lr'] == result['edge_lr'] / 10
   # The centred window sees the blow-up a few points early.
   assert 0.5 < result['diverged_lr'] < 3 and result['steepest_lr'] < result['min_loss_lr']
+
+
+def _events(workdir):
+  from tensorboard.backend.event_processing import event_accumulator
+  events = event_accumulator.EventAccumulator(str(workdir), size_guidance={'histograms': 0,
+                                                                           'images': 0})
+  events.Reload()
+  return events.Tags()
+
+
+def test_histograms_dead_relus_and_filters_on_a_real_run(tmp_path, caplog):
+  """LeNet-5 with ReLUs on the digits: every histogram_every steps each layer's output and
+  each parameter's gradient are histograms and each layer's dead fraction a scalar; the first
+  layer's filters are an image at each evaluation. Hidden biases of -100 kill every ReLU."""
+  fields = {'model.act': 'relu', 'babysit.histogram_every': 5, 'babysit.filters': True}
+  with caplog.at_level(logging.INFO):
+    train.train_and_evaluate(digits_config(**fields), str(tmp_path / 'ok'))
+  tags = _events(tmp_path / 'ok')
+  assert {'activations/c1', 'activations/c3', 'gradients/c1/kernel',
+          'gradients/output/bias'} <= set(tags['histograms'])
+  assert tags['images'] == ['babysit/first_layer_filters']
+  rows = [r for r in jsonl(tmp_path / 'ok' / 'metrics.jsonl') if 'babysit/dead_relu/c1' in r]
+  assert [r['step'] for r in rows] == [5, 10]  # 0.25 epochs of 32: 11 steps
+  healthy = [v for k, v in rows[-1].items() if k.startswith('babysit/dead_relu/')]
+  assert 'babysit/dead_relu/output' not in rows[-1] and len(healthy) >= 4
+  assert max(healthy) < 0.5
+  assert 'dead ReLUs at step 10' in caplog.text
+  # Every unit's pre-activation far below zero: all of them dead, in every layer that has one.
+  dead_fields = {**fields, 'model.bias_init': -100.0, 'num_epochs': 0.15}
+  train.train_and_evaluate(digits_config(**dead_fields), str(tmp_path / 'dead'))
+  rows = [r for r in jsonl(tmp_path / 'dead' / 'metrics.jsonl') if 'babysit/dead_relu/c1' in r]
+  assert rows[-1]['babysit/dead_relu/c1'] == 1.0 and rows[-1]['babysit/dead_relu/c3'] == 1.0
+
+
+def test_filter_grid_and_first_kernel():
+  kernel = np.random.default_rng(0).standard_normal((5, 5, 3, 6)).astype(np.float32)
+  grid = metrics.filter_grid(kernel, scale=2, border=1)
+  assert grid.shape == (2 * 11 + 1, 3 * 11 + 1, 3) and grid.min() == 0 and grid.max() == 1
+  # Each tile is its own filter, stretched to 0..1: the first one, channel by channel.
+  tile = grid[1:11, 1:11]
+  want = (kernel[..., 0] - kernel[..., 0].min()) / np.ptp(kernel[..., 0])
+  np.testing.assert_allclose(tile[::2, ::2], want, atol=1e-6)
+  grey = metrics.filter_grid(kernel[:, :, :1, :], scale=1)
+  assert (grey[..., 0] == grey[..., 2]).all()
+  params = {'stem': {'kernel': kernel}, 'head': {'kernel': np.zeros((6, 2))}}
+  assert metrics.first_kernel(params) is kernel
+  assert metrics.first_kernel({'head': {'kernel': np.zeros((6, 2))}}) is None
