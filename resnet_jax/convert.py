@@ -264,23 +264,28 @@ class Pretrained:
     return iter((self.model, self.variables))
 
 
-def create_model(name: str, *, weights: str, source: str | None = None,
+def create_model(name: str | None = None, *, weights: str, source: str | None = None,
                  **overrides: Any) -> Pretrained:
   """The registered model `name` with converted weights, ready to use.
 
   `weights`: a directory `convert` wrote (its pretrained_cfg.json is read and must name this
-  model), or a torch state dict (.safetensors, .pth) of the model's twin, converted here, whose
-  cfg is the twin library's (`source` as in `twin_pretrained_cfg`). `overrides` go to
-  `models.create_model` (num_classes=0 or features_only drop the classifier's weights).
+  model; `name` None takes the model it names), or a torch state dict (.safetensors, .pth) of
+  the model's twin, converted here, whose cfg is the twin library's (`source` as in
+  `twin_pretrained_cfg`). `overrides` go to `models.create_model` (num_classes=0 or
+  features_only drop the classifier's weights).
   """
   if os.path.isdir(weights):
     cfg = load_pretrained_cfg(weights)
     if cfg is None:
-      raise FileNotFoundError(f'weights {weights}: no {PRETRAINED_CFG}; convert it with '
-                              f'python -m resnet_jax.convert (which writes one)')
+      raise FileNotFoundError(f'weights {weights}: no {PRETRAINED_CFG}; write one with python -m '
+                              'resnet_jax.convert --model NAME --weights FILE --out DIR')
+    name = cfg['model'] if name is None else name
     if cfg['model'] != name:
       raise ValueError(f'weights {weights} are {cfg["model"]!r} weights, not {name!r}')
     variables = load_variables(weights)
+  elif name is None:
+    raise ValueError(f'weights {weights}: a state dict names no model; give the model name, or '
+                     'a directory python -m resnet_jax.convert wrote')
   else:
     cfg = twin_pretrained_cfg(name, source)
     variables = from_torch(name, load_state_dict(weights))

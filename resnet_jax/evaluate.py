@@ -3,6 +3,8 @@
   python -m resnet_jax.evaluate --workdirs=A,B,C [--eval_mode=center|ten_crop|multi_scale|dense] \\
       [--scales=224,256,288] [--scale_crop=center|ten_crop] [--ema] [--out=DIR] \\
       [--config.dataset.eval_split=S ...]
+  python -m resnet_jax.evaluate --weights=DIR[,DIR] --config.dataset.source=folder:PATH \\
+      --config.dataset.eval_split=val [--eval_mode=...]     (converted weights: resnet_jax.convert)
 
 prints one row per checkpoint and one for their ensemble (accuracy, loss) on
 `config.dataset.eval_split`, writes each member's row to its workdir (eval_SPLIT[_MODE].json),
@@ -19,6 +21,12 @@ over the V views, then over the members; the loss is the negative log of that av
 Dense evaluation (`dense_views`) scores whole images at several sizes with the model run as a
 fully convolutional net (Sermanet et al. 2013, Sec. 3.3-3.5; Simonyan & Zisserman 2015, Sec. 3.2):
 views of different sizes travel packed into one flat uint8 vector per example (`pack_views`).
+
+With --weights (`evaluate_pretrained`) the members are converted weights and everything about
+their input comes from their pretrained_cfg.json: the views are cut at its input size from the
+shorter side resized to input / crop_fraction with its interpolation (`ViewRecipe.of_pretrained`,
+torchvision's and timm's evaluation transform) and normalised by its mean and std; the split's
+classes are matched to the weights' by name (`pretrained_labels`).
 
 `evaluate_checkpoint` is the main job's `--mode=eval`. Seed ensembles trained together live in
 `sweep.train_seed_ensemble`.
@@ -40,11 +48,11 @@ from absl import app, flags, logging
 from etils import epath
 from jax import lax
 
-from resnet_jax import compilation, data, metrics, records, train, xla_flags
+from resnet_jax import compilation, convert, data, metrics, records, train, xla_flags
 from resnet_jax.checkpoint import Checkpointer
 from resnet_jax.configs import command_line
 from resnet_jax.data import augment as augment_lib
-from resnet_jax.parallel import AXIS
+from resnet_jax.parallel import AXIS, DataParallel
 
 EVAL_MODES = ('center', 'ten_crop', 'multi_scale', 'dense')
 # Sermanet et al. 2013, Table 5: the shorter sides of the six test scales (221 training crops).
@@ -57,17 +65,69 @@ COLUMNS = ('model', 'members', 'eval_mode', 'accuracy', 'loss', 'examples')
 # Views of a batch of uint8 [N, H, W, C] images (same-sized; the pipeline passes one at a time).
 
 
-def center_crop(images: np.ndarray, size: int, augment: str = 'none') -> np.ndarray:
-  """[N, size, size, C]: the evaluation view of a model trained with `augment`
-  (data.augment.eval_view: the central 87.5% after a resize for scale/random_resized_crop,
-  else a resize), the view train.evaluate scores."""
-  ops = augment_lib.parse_augment(augment)
-  return np.stack([augment_lib.eval_view(image, ops, size) for image in images])
+@dataclasses.dataclass(frozen=True)
+class ViewRecipe:
+  """The canvas evaluation's views are cut from, and how images are resized.
+
+  `crop_fraction` None: the image resized to size x size, padded by `pad` on every side (the
+  canvas of training's pad_crop); a fraction: the shorter side resized to size / crop_fraction
+  (the canvas of scale and random_resized_crop, or what pretrained weights' library does).
+  Every resize, the scales' included, uses `interpolation` (data.augment.INTERPOLATIONS). The
+  shorter side is round(size / crop_fraction), as data.augment.eval_view, or with `floor` the
+  floor, as timm's evaluation transform (timm.data.transforms_imagenet_eval: 235 for 224 at
+  0.95, where rounding gives 236).
+  """
+  crop_fraction: float | None = None
+  interpolation: str = 'bilinear'
+  pad: int = 0
+  floor: bool = False
+
+  @classmethod
+  def of_training(cls, augment: str, pad: int = 0) -> ViewRecipe:
+    """The views of a model trained with `augment` (and config.dataset.pad): their center is
+    data.augment.eval_view, the view train.evaluate scores."""
+    ops = augment_lib.parse_augment(augment)
+    if 'scale' in ops or 'random_resized_crop' in ops:
+      return cls(augment_lib.EVAL_CROP_FRACTION)
+    return cls(pad=pad if 'pad_crop' in ops else 0)
+
+  @classmethod
+  def of_pretrained(cls, cfg: dict) -> ViewRecipe:
+    """The views of converted weights (convert.PRETRAINED_CFG): their library's evaluation
+    transform, e.g. torchvision's resize 256 (bilinear) and center crop 224."""
+    return cls(cfg['crop_fraction'], cfg['interpolation'], floor=True)
+
+  def short_side(self, size: int) -> int:
+    """The shorter side the canvas is resized to for `size` views (crop_fraction given)."""
+    exact = size / self.crop_fraction
+    # The tolerance keeps a ratio stored as 224 / 232 from flooring 231.99999999999997 to 231.
+    return math.floor(exact + 1e-6) if self.floor else int(round(exact))
+
+  def canvas(self, images: np.ndarray, size: int) -> tuple[np.ndarray, int]:
+    """([N, H, W, C] resized images, the padding that `ten_crop` adds to them)."""
+    if self.crop_fraction is None:
+      return np.stack([augment_lib.resize(image, size, size, self.interpolation)
+                       for image in images]), self.pad
+    short = self.short_side(size)
+    return np.stack([augment_lib.resize_shorter_side(image, short, self.interpolation)
+                     for image in images]), 0
+
+
+def center_crop(images: np.ndarray, size: int, recipe: ViewRecipe = ViewRecipe()) -> np.ndarray:
+  """[N, size, size, C]: the central view of the `recipe`'s canvas (the unpadded image when
+  it pads); for `ViewRecipe.of_training(augment)` the view train.evaluate scores."""
+  def one(image):
+    canvas = recipe.canvas(image[None], size)[0][0]
+    top, left = (augment_lib.center_offset(n, size) for n in canvas.shape[:2])  # As ten_crop's.
+    return canvas[top:top + size, left:left + size]
+  return np.stack([one(image) for image in images])
 
 
 def ten_crop(images: np.ndarray, size: int, pad: int = 0) -> np.ndarray:
   """[10, N, size, size, C]: the top-left, top-right, bottom-left, bottom-right and center
-  crops, then the same five flipped horizontally (Krizhevsky et al. 2012, Sec. 4.1).
+  crops, then the same five crops of the image flipped horizontally (Krizhevsky et al. 2012,
+  Sec. 4.1), as torchvision's TenCrop cuts them (where the margin is odd, the flipped center
+  is one pixel off the center flipped).
 
   `pad` zero pixels are added on every side first, the canvas of training's pad_crop (He et al.
   2015, Sec. 4.2): a 32x32 CIFAR image padded by 4 gives four corners shifted 4 pixels each way,
@@ -78,10 +138,11 @@ def ten_crop(images: np.ndarray, size: int, pad: int = 0) -> np.ndarray:
   if size > min(height, width):
     raise ValueError(f'ten_crop: a {size}x{size} crop of {height}x{width} images')
   bottom, right = height - size, width - size
-  # The center as data.augment.center_crop rounds it.
-  offsets = ((0, 0), (0, right), (bottom, 0), (bottom, right), (bottom // 2, right // 2))
-  crops = [images[:, y:y + size, x:x + size] for y, x in offsets]
-  return np.stack(crops + [crop[:, :, ::-1] for crop in crops])
+  # The center as data.augment.center_crop (and torchvision) rounds it.
+  center = augment_lib.center_offset(height, size), augment_lib.center_offset(width, size)
+  offsets = ((0, 0), (0, right), (bottom, 0), (bottom, right), center)
+  return np.stack([canvas[:, y:y + size, x:x + size] for canvas in (images, images[:, :, ::-1])
+                   for y, x in offsets])
 
 
 def default_scales(size: int) -> tuple[int, ...]:
@@ -91,9 +152,10 @@ def default_scales(size: int) -> tuple[int, ...]:
 
 
 def multi_scale(images: np.ndarray, scales: Sequence[int], size: int,
-                crop: str = 'center') -> np.ndarray:
+                crop: str = 'center', interpolation: str = 'bilinear') -> np.ndarray:
   """[S, N, size, size, C] (crop 'center') or [10 S, N, ...] ('ten_crop'): for each scale Q the
-  shorter side resized to Q (bilinear, as scale augmentation), then the central crop or the
+  shorter side resized to Q (bilinear, as scale augmentation, unless `interpolation` says
+  otherwise), then the central crop or the
   10-crop; the softmax is averaged over all of them (Simonyan & Zisserman 2015, Sec. 3.2; He et
   al. 2015, Sec. 3.4, who average the scores over scales)."""
   if crop not in SCALE_CROPS:
@@ -104,7 +166,8 @@ def multi_scale(images: np.ndarray, scales: Sequence[int], size: int,
                      f'least the crop size {size}')
   views = []
   for q in scales:
-    canvas = np.stack([augment_lib.resize_shorter_side(image, q) for image in images])
+    canvas = np.stack([augment_lib.resize_shorter_side(image, q, interpolation)
+                       for image in images])
     crops = ten_crop(canvas, size)
     views.append(crops if crop == 'ten_crop' else crops[4:5])
   return np.concatenate(views)
@@ -123,9 +186,10 @@ def check_dense_scales(scales: Sequence[int], size: int) -> None:
                      f'the training size {size}')
 
 
-def dense_views(images: np.ndarray, scales: Sequence[int], size: int) -> list[np.ndarray]:
-  """One [N, Q, Q, C] view per scale Q: the shorter side resized to Q (bilinear, as
-  multi_scale), then the central Q x Q square.
+def dense_views(images: np.ndarray, scales: Sequence[int], size: int,
+                interpolation: str = 'bilinear') -> list[np.ndarray]:
+  """One [N, Q, Q, C] view per scale Q: the shorter side resized to Q (as multi_scale), then
+  the central Q x Q square.
 
   The square is the least cropping that batches: images of any aspect ratio all hold a Q x Q
   square, and one shape per scale is what a batch needs; padding the longer side instead would
@@ -136,7 +200,8 @@ def dense_views(images: np.ndarray, scales: Sequence[int], size: int) -> list[np
   check_dense_scales(scales, size)
   views = []
   for q in scales:
-    canvas = np.stack([augment_lib.resize_shorter_side(image, q) for image in images])
+    canvas = np.stack([augment_lib.resize_shorter_side(image, q, interpolation)
+                       for image in images])
     views.append(ten_crop(canvas, q)[4])  # The center crop, rounded as data.augment's.
   return views
 
@@ -180,52 +245,52 @@ def dense_model(model, variables: dict, image_shapes: Sequence[tuple[int, ...]],
   return model
 
 
-def eval_views(images: np.ndarray, mode: str, *, augment: str, size: int, pad: int = 0,
-          scales: Sequence[int] = (), scale_crop: str = 'center') -> np.ndarray:
-  """[V, N, size, size, C]: the views `mode` scores for a model trained with `augment`.
+def eval_views(images: np.ndarray, mode: str, *, recipe: ViewRecipe, size: int,
+               scales: Sequence[int] = (), scale_crop: str = 'center') -> np.ndarray:
+  """[V, N, size, size, C]: the views `mode` scores, cut as `recipe` says.
 
-  center: the evaluation view (V = 1). ten_crop (V = 10): crops of the canvas training's crops
-  came from: the image resized to size and padded by `pad` (pad_crop); the shorter side resized
-  to size / 0.875 (scale, random_resized_crop: the canvas of eval_view); else the image resized
-  to size, whose corners are its center (so 2 distinct views: the image and its flip). Its
-  center view is the evaluation view. multi_scale: `multi_scale(images, scales, size,
-  scale_crop)`. dense has views of several sizes: see `dense_views`.
+  center: the evaluation view (V = 1). ten_crop (V = 10): crops of the recipe's canvas; for a
+  model trained with `augment`, the canvas training's crops came from: the image resized to size
+  and padded by config.dataset.pad (pad_crop); the shorter side resized to size / 0.875 (scale,
+  random_resized_crop: the canvas of eval_view); else the image resized to size, whose corners
+  are its center (so 2 distinct views: the image and its flip). Its center view is the
+  evaluation view. multi_scale: `multi_scale(images, scales, size, scale_crop)`. dense has
+  views of several sizes: see `dense_views`.
   """
   if mode not in EVAL_MODES:
     raise ValueError(f'eval mode {mode!r} (--eval_mode) is not one of {EVAL_MODES}')
   if mode == 'dense':
     raise ValueError('eval_views: dense views differ in size; use dense_views')
   if mode == 'center':
-    return center_crop(images, size, augment)[None]
+    return center_crop(images, size, recipe)[None]
   if mode == 'multi_scale':
-    return multi_scale(images, scales, size, scale_crop)
-  ops = augment_lib.parse_augment(augment)
-  if 'scale' in ops or 'random_resized_crop' in ops:
-    short = int(round(size / augment_lib.EVAL_CROP_FRACTION))
-    canvas = np.stack([augment_lib.resize_shorter_side(image, short) for image in images])
-    return ten_crop(canvas, size)
-  canvas = np.stack([augment_lib.resize(image, size, size) for image in images])
-  return ten_crop(canvas, size, pad if 'pad_crop' in ops else 0)
+    return multi_scale(images, scales, size, scale_crop, recipe.interpolation)
+  canvas, pad = recipe.canvas(images, size)
+  return ten_crop(canvas, size, pad)
 
 
 @dataclasses.dataclass(frozen=True)
 class ViewsMap(grain.transforms.Map):
   """One example -> its [V, size, size, C] views (see `eval_views`), or in mode 'dense' its
-  `dense_views` packed (`pack_views`)."""
+  `dense_views` packed (`pack_views`); with `labels`, its label becomes labels[label] (the
+  dataset's classes as the weights number them: `pretrained_labels`)."""
   mode: str
-  augment: str
+  recipe: ViewRecipe
   size: int
-  pad: int = 0
   scales: tuple[int, ...] = ()
   scale_crop: str = 'center'
+  labels: tuple[int, ...] | None = None
 
   def map(self, element):
+    images = element['image'][None]
     if self.mode == 'dense':
-      image = pack_views(dense_views(element['image'][None], self.scales, self.size))[0]
-      return {'image': np.ascontiguousarray(image), 'label': element['label']}
-    image = eval_views(element['image'][None], self.mode, augment=self.augment, size=self.size,
-                  pad=self.pad, scales=self.scales, scale_crop=self.scale_crop)[:, 0]
-    return {'image': np.ascontiguousarray(image), 'label': element['label']}
+      image = pack_views(dense_views(images, self.scales, self.size,
+                                     self.recipe.interpolation))[0]
+    else:
+      image = eval_views(images, self.mode, recipe=self.recipe, size=self.size,
+                         scales=self.scales, scale_crop=self.scale_crop)[:, 0]
+    label = element['label'] if self.labels is None else self.labels[element['label']]
+    return {'image': np.ascontiguousarray(image), 'label': label}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -318,36 +383,116 @@ def evaluate_members(config, exp: train.Experiment, names: Sequence[str],
                      variables_list: Sequence[dict], pre_list: Sequence[dict],
                      mode: str = 'center', *, scales: Sequence[int] | None = None,
                      scale_crop: str = 'center') -> list[dict]:
-  """Each member alone and their ensemble on `exp.eval_split`, scored on the views of `mode`:
-  one row per member, then one named 'ensemble' (COLUMNS). In mode 'dense' the model runs
-  through `dense_model` (default scales: `default_dense_scales`)."""
+  """Each member alone and their ensemble on `exp.eval_split`, scored on the views of `mode`
+  (cut as the training's augment implies: `ViewRecipe.of_training`): one row per member, then
+  one named 'ensemble' (COLUMNS). In mode 'dense' the model runs through `dense_model` (default
+  scales: `default_dense_scales`)."""
   d = config.dataset
-  model, dense_scales = exp.model, None
+  return score_members(
+      exp.parallel, exp.model, exp.eval_split, exp.eval_key, names, variables_list, pre_list,
+      mode, recipe=ViewRecipe.of_training(d.augment, d.pad), size=d.image_size,
+      batch_size=config.batch_size, num_workers=d.num_workers, scales=scales,
+      scale_crop=scale_crop)
+
+
+def score_members(parallel, model, split, key: jax.Array, names: Sequence[str],
+                  variables_list: Sequence[dict], pre_list: Sequence[dict], mode: str, *,
+                  recipe: ViewRecipe, size: int, batch_size: int, num_workers: int = 0,
+                  scales: Sequence[int] | None = None, scale_crop: str = 'center',
+                  labels: Sequence[int] | None = None) -> list[dict]:
+  """`evaluate_members` with its parts given: `model` (every member's), the data.Split `split`
+  (its labels mapped through `labels` when given), views of `mode` cut as `recipe` says at
+  `size`, `key` the fixed 'fmp' key, `parallel` a parallel.DataParallel."""
+  dense_scales, dtype = None, model.dtype
   if mode == 'dense':
-    scales = tuple(default_dense_scales(d.image_size) if not scales else scales)
-    check_dense_scales(scales, d.image_size)
+    scales = tuple(default_dense_scales(size) if not scales else scales)
+    check_dense_scales(scales, size)
     if any('whiten' in pre or np.ndim(pre['mean']) > 1 for pre in pre_list):
       raise ValueError('--eval_mode=dense: whitening and per-pixel means are fitted at the '
                        'training size; use another --eval_mode')
-    channels = exp.image_shape[-1]
-    model = dense_model(model, variables_list[0], [(q, q, channels) for q in scales],
-                        exp.eval_key)
+    channels = split.records[0]['image'].shape[-1]
     dense_scales = scales
-  scales = tuple(default_scales(d.image_size) if not scales else scales)
-  views_map = ViewsMap(mode, d.augment, d.image_size, d.pad, scales, scale_crop)
-  step = exp.parallel.map(
-      functools.partial(ensemble_eval_step, model=model, dtype=exp.model.dtype,
-                        dense_scales=dense_scales),
+    model = dense_model(model, variables_list[0], [(q, q, channels) for q in scales], key)
+  scales = tuple(default_scales(size) if not scales else scales)
+  views_map = ViewsMap(mode, recipe, size, scales, scale_crop,
+                       None if labels is None else tuple(labels))
+  step = parallel.map(
+      functools.partial(ensemble_eval_step, model=model, dtype=dtype, dense_scales=dense_scales),
       ('state', 'batch', 'const'))
-  members = exp.parallel.replicate(stack_members(variables_list, pre_list))
-  batches = data.eval_batches(exp.eval_split, global_batch_size=config.batch_size,
-                              num_workers=d.num_workers, view=views_map)
-  totals = exp.parallel.sum_batches(step, batches, members, exp.eval_key)
+  members = parallel.replicate(stack_members(variables_list, pre_list))
+  batches = data.eval_batches(split, global_batch_size=batch_size, num_workers=num_workers,
+                              view=views_map)
+  totals = parallel.sum_batches(step, batches, members, key)
   n = float(totals['examples'])
   labels = [*names, 'ensemble']
   return [{'model': name, 'members': 1 if i < len(names) else len(names), 'eval_mode': mode,
            'accuracy': float(totals['correct'][i]) / n, 'loss': float(totals['loss'][i]) / n,
            'examples': int(n)} for i, name in enumerate(labels)]
+
+
+PRETRAINED_VIEW = ('model', 'input_size', 'mean', 'std', 'crop_fraction', 'interpolation')
+
+
+def pretrained_labels(split, cfg: dict, where: str) -> list[int] | None:
+  """The weights' class index of each of `split`'s labels: by name when every class of the
+  split is one of the weights' class_names (a folder of some of their classes: 'tench/',
+  'goldfish/'), else the split's own labels (None) when it has as many classes as the weights
+  (ImageNet's, in their order). Anything else is a ValueError naming both class lists."""
+  names, theirs = split.class_names or (), cfg['class_names']
+  if names and theirs and set(names) <= set(theirs):
+    return [theirs.index(name) for name in names]
+  if split.num_classes == cfg['num_classes']:
+    return None
+  raise ValueError(
+      f'{split.name} has {split.num_classes} classes ({", ".join(names[:4])}...) and the weights '
+      f'{where} have {cfg["num_classes"]} ({", ".join(theirs[:4])}...): name the class folders '
+      f"after the weights' class_names ({convert.PRETRAINED_CFG}), or evaluate on all "
+      f'{cfg["num_classes"]} classes in their order')
+
+
+def evaluate_pretrained(config, weights: Sequence[str], mode: str = 'center', *,
+                        scales: Sequence[int] | None = None,
+                        scale_crop: str = 'center') -> list[dict]:
+  """Converted weights (`resnet_jax.convert` directories) alone and their ensemble on
+  `config.dataset.eval_split`, preprocessed as their pretrained_cfg.json says: the views of
+  `ViewRecipe.of_pretrained` at its input size, its mean and std. The members must share the
+  model and that preprocessing; the split's labels map to the weights' classes by
+  `pretrained_labels`. Only the dataset, batch size, parallelism and seed of `config` count.
+  """
+  if not weights:
+    raise ValueError('--weights: give at least one converted weights directory (comma-separated)')
+  cfgs = [convert.load_pretrained_cfg(path) if os.path.isdir(path) else None for path in weights]
+  for path, other in zip(weights, cfgs):
+    if other is None:
+      raise FileNotFoundError(f'--weights {path}: not a directory with a {convert.PRETRAINED_CFG}'
+                              '; write one with python -m resnet_jax.convert --model NAME '
+                              '--weights FILE --out DIR')
+    differ = [k for k in PRETRAINED_VIEW if other[k] != cfgs[0][k]]
+    if differ:
+      raise ValueError(f'--weights: {path} differs from {weights[0]} in {", ".join(differ)}; an '
+                       'ensemble here shares the model and its preprocessing')
+  cfg = cfgs[0]
+  channels, size = cfg['input_size'][0], cfg['input_size'][1]
+  if mode not in EVAL_MODES:
+    raise ValueError(f'eval mode {mode!r} (--eval_mode) is not one of {EVAL_MODES}')
+  d = config.dataset
+  split = data.load_split(d, d.eval_split)
+  if split.records[0]['image'].shape[-1] != channels:
+    raise ValueError(f'{split.name} has images of {split.records[0]["image"].shape[-1]} channels; '
+                     f'the weights {weights[0]} take {channels}')
+  labels = pretrained_labels(split, cfg, weights[0])
+  mean, std = (np.asarray(cfg[k], np.float32) * 255 for k in ('mean', 'std'))
+  pre = data.Preprocessing('fixed', mean, std).arrays()
+  logging.info('Evaluating %s weights (%s) on %s: %dx%d views, crop fraction %.4f, %s.',
+               cfg['model'], cfg['source'], split.name, size, size, cfg['crop_fraction'],
+               cfg['interpolation'])
+  loaded = [convert.create_model(weights=path) for path in weights]
+  key = jax.random.fold_in(jax.random.PRNGKey(config.seed), train.EVAL)
+  return score_members(
+      DataParallel(config.parallelism), loaded[0].model, split, key, list(weights),
+      [p.variables for p in loaded], [pre] * len(loaded), mode,
+      recipe=ViewRecipe.of_pretrained(cfg), size=size, batch_size=config.batch_size,
+      num_workers=d.num_workers, scales=scales, scale_crop=scale_crop, labels=labels)
 
 
 def evaluate_checkpoint(config, workdir: str) -> dict:
@@ -432,6 +577,9 @@ def define_flags() -> None:
       "Optional: the first workdir's config.json is used; a config given must match it outside "
       f'the evaluation fields ({", ".join(records.EVAL_FIELDS)}).')
   flags.DEFINE_list('workdirs', [], 'Workdirs of finished runs, comma-separated: the members.')
+  flags.DEFINE_list('weights', [], 'Instead of --workdirs: converted weights directories '
+                    '(python -m resnet_jax.convert), preprocessed as their pretrained_cfg.json '
+                    'says; give the data with --config.dataset.source=... and .eval_split=...')
   flags.DEFINE_enum('eval_mode', 'center', list(EVAL_MODES), 'The views scored (see eval_views; '
                     'dense: whole images at --scales through the fully convolutional model).')
   flags.DEFINE_list('scales', [], 'multi_scale: shorter sides, e.g. 224,256,288 (default '
@@ -447,12 +595,24 @@ def main(argv) -> None:
     raise app.UsageError(f'unexpected arguments: {argv[1:]} (config fields go as --config.a.b=V)')
   f = flags.FLAGS
   xla_flags.set_cpu_defaults()
-  if not f.workdirs:
-    raise app.UsageError('--workdirs is required (comma-separated workdirs of finished runs)')
+  if bool(f.workdirs) == bool(f.weights):
+    raise app.UsageError('give one of --workdirs (comma-separated workdirs of finished runs) and '
+                         '--weights (converted weights directories)')
   try:
     scales = [int(s) for s in f.scales]
   except ValueError:
     raise app.UsageError(f'--scales {f.scales}: give integers, e.g. 224,256,288') from None
+  if f.weights:
+    if f.ema:
+      raise app.UsageError('--ema: converted weights hold no EMA; leave it out with --weights')
+    config = f.config
+    rows = evaluate_pretrained(config, f.weights, f.eval_mode, scales=scales,
+                               scale_crop=f.scale_crop)
+    print(markdown_table(rows))
+    if f.out:
+      os.makedirs(f.out, exist_ok=True)
+      write_csv(os.path.join(f.out, 'evaluate.csv'), rows)
+    return
   config = command_line.eval_config(f.workdirs[0])
   compilation.enable_cache(config.compilation_cache_dir)
   stored = [w for w in f.workdirs if records.has_config(w)]

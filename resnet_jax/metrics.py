@@ -370,7 +370,7 @@ def filter_grid(kernel: np.ndarray, scale: int = 4, border: int = 1) -> np.ndarr
   """A first-layer kernel [kh, kw, in, out] as one [H, W, 3] image in [0, 1]: a tile per filter,
   each stretched to its own min..max (grey for one input channel; only the first three
   input channels shown otherwise), `scale` pixels per weight, a black `border`."""
-  kh, kw, cin, cout = kernel.shape
+  kh, kw, _, cout = kernel.shape
   tiles = np.asarray(kernel, np.float32)[:, :, :3, :]
   low = tiles.min(axis=(0, 1, 2), keepdims=True)
   high = tiles.max(axis=(0, 1, 2), keepdims=True)

@@ -36,10 +36,10 @@ from absl import app, flags, logging
 from etils import epath
 
 from resnet_jax import checkpoint as checkpoint_lib
-from resnet_jax import convert, data, metrics, records, train, xla_flags
+from resnet_jax import convert, data, evaluate, metrics, records, train, xla_flags
 from resnet_jax.config import base_config
 from resnet_jax.configs import command_line
-from resnet_jax.data.augment import EvalPreprocess, center_crop
+from resnet_jax.data.augment import EvalPreprocess
 from resnet_jax.data.sources import IMAGE_EXTENSIONS, decode_image
 from resnet_jax.models import abstract_variables, model_spec
 
@@ -201,7 +201,10 @@ def load_run(workdir: str, checkpoint: str | int = 'best', *, ema: bool = False)
 def load_pretrained(weights: str) -> LoadedRun:
   """Converted weights (a `resnet_jax.convert` directory) ready to predict, preprocessed as
   their pretrained_cfg.json says."""
-  pretrained = convert.create_model(_cfg_model(weights), weights=weights)
+  if not os.path.isdir(weights):
+    raise FileNotFoundError(f'--weights {weights}: not a directory; write one with python -m '
+                            'resnet_jax.convert --model NAME --weights FILE --out DIR')
+  pretrained = convert.create_model(weights=weights)
   cfg = pretrained.cfg
   channels, size = cfg['input_size'][0], cfg['input_size'][1]
   config = base_config()
@@ -209,21 +212,12 @@ def load_pretrained(weights: str) -> LoadedRun:
   config.dataset.image_size = size
   mean, std = (np.asarray(cfg[k], np.float32) * 255 for k in ('mean', 'std'))
   names = tuple(cfg['class_names']) or tuple(str(i) for i in range(cfg['num_classes']))
-  view = functools.partial(center_crop, size=size, crop_fraction=cfg['crop_fraction'],
-                           interpolation=cfg['interpolation'])
+  recipe = evaluate.ViewRecipe.of_pretrained(cfg)
+  view = lambda image: evaluate.center_crop(image[None], size, recipe)[0]
   logging.info('Loaded %s: %s weights from %s, %dx%dx%d input, %s.', weights, cfg['model'],
                cfg['source'], size, size, channels, cfg['license'])
   return LoadedRun(pretrained.model, pretrained.variables, config, weights, 0, names,
                    (size, size, channels), data.Preprocessing('fixed', mean, std), view)
-
-
-def _cfg_model(weights: str) -> str:
-  cfg = convert.load_pretrained_cfg(weights) if os.path.isdir(weights) else None
-  if cfg is None:
-    raise FileNotFoundError(f'--weights {weights}: not a directory with a '
-                            f'{convert.PRETRAINED_CFG}; write one with python -m '
-                            f'resnet_jax.convert --model NAME --weights FILE --out DIR')
-  return cfg['model']
 
 
 # ---------------------------------------------------------------------------------------------

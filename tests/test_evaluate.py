@@ -49,10 +49,15 @@ def test_ten_crop_is_the_four_corners_the_center_and_their_flips():
   images = np.arange(2 * 6 * 7 * 3, dtype=np.int64).reshape(2, 6, 7, 3).astype(np.uint8)
   crops = evaluate.ten_crop(images, 4)
   assert crops.shape == (10, 2, 4, 4, 3)
-  windows = [(0, 0), (0, 3), (2, 0), (2, 3), (1, 1)]  # Top-left, top-right, bottom-l/r, center.
+  # Top-left, top-right, bottom-l/r, center (margins 2 and 3: offsets 1 and 2, half to even).
+  windows = [(0, 0), (0, 3), (2, 0), (2, 3), (1, 2)]
+  flipped = images[:, :, ::-1]
   for i, (top, left) in enumerate(windows):
     np.testing.assert_array_equal(crops[i], images[:, top:top + 4, left:left + 4])
-    np.testing.assert_array_equal(crops[5 + i], images[:, top:top + 4, left:left + 4][:, :, ::-1])
+    np.testing.assert_array_equal(crops[5 + i], flipped[:, top:top + 4, left:left + 4])
+  # The flipped image's corners are the corners mirrored (its center is one pixel off here).
+  np.testing.assert_array_equal(crops[6], crops[0][:, :, ::-1])
+  np.testing.assert_array_equal(crops[5], crops[1][:, :, ::-1])
   # CIFAR at its own size: crops of the 4-pixel zero-padded image, as training's pad_crop.
   cifar = np.random.default_rng(0).integers(1, 256, (3, 32, 32, 3)).astype(np.uint8)
   padded = evaluate.ten_crop(cifar, 32, pad=4)
@@ -72,11 +77,12 @@ def test_center_views_are_the_eval_pipelines(cifar_folder):
     batch = next(data.eval_batches(split, global_batch_size=16, augment=augment, image_size=size,
                                    num_workers=0))
     images = [split.records[i]['image'] for i in range(16)]
-    center = np.concatenate([evaluate.center_crop(image[None], size, augment) for image in images])
+    recipe = evaluate.ViewRecipe.of_training(augment, pad=4)
+    center = np.concatenate([evaluate.center_crop(image[None], size, recipe) for image in images])
     np.testing.assert_array_equal(center, batch['image'])
     # The 10-crop's center view is the same view; its corners differ from it.
-    ten = np.stack([evaluate.eval_views(image[None], 'ten_crop', augment=augment, size=size,
-                                        pad=4)[:, 0] for image in images], axis=1)
+    ten = np.stack([evaluate.eval_views(image[None], 'ten_crop', recipe=recipe, size=size)[:, 0]
+                    for image in images], axis=1)
     np.testing.assert_array_equal(ten[4], batch['image'])
     assert (ten[0] != ten[4]).any() == (augment != 'none')
   # Multi-scale: the first scale (the crop size) center-cropped is a resize of the square image.
@@ -125,7 +131,8 @@ def test_ensemble_is_the_softmax_average(runs):
   images = np.stack([r['image'] for r in split.records])
   labels = np.array([r['label'] for r in split.records])
   # By hand: each member's softmax on each of the ten views, averaged over views and members.
-  views = evaluate.eval_views(images[:64], 'ten_crop', augment='cifar', size=32, pad=4)
+  views = evaluate.eval_views(images[:64], 'ten_crop', size=32,
+                              recipe=evaluate.ViewRecipe.of_training('cifar', pad=4))
   each = np.asarray([[softmax(v, x) for x in views] for v in variables])
   probs = np.asarray(evaluate.predict(variables, model, views, pre))
   np.testing.assert_allclose(probs, each.mean(axis=(0, 1)), rtol=1e-5, atol=1e-7)

@@ -1,7 +1,9 @@
 """Converted weights that carry their preprocessing: convert writes pretrained_cfg.json,
-`convert.create_model(name, weights=PATH)` loads by path, and `predict --weights` preprocesses as
-the weights' library does (here torchvision's evaluation transform, compared end to end)."""
+`convert.create_model(name, weights=PATH)` loads by path, and `predict --weights` and `evaluate
+--weights` preprocess as the weights' library does (here torchvision's evaluation transform,
+compared end to end, and timm's, compared view by view)."""
 import json
+import os
 
 import jax
 import numpy as np
@@ -11,7 +13,8 @@ import torchvision
 from PIL import Image
 from twins import random_twin
 
-from resnet_jax import convert, predict
+from resnet_jax import convert, data, evaluate, predict
+from resnet_jax.config import base_config
 
 V1 = torchvision.models.ResNet50_Weights.IMAGENET1K_V1
 
@@ -90,3 +93,77 @@ def test_a_bad_cfg_names_the_field_and_a_missing_one_says_how_to_write_it(conver
     convert.check_pretrained_cfg({k: v for k, v in cfg.items() if k != 'mean'}, 'X')
   with pytest.raises(FileNotFoundError, match='python -m resnet_jax.convert'):
     predict.load_pretrained(str(tmp_path))
+
+
+def _random_images(sizes, seed):
+  rng = np.random.default_rng(seed)
+  return [rng.integers(0, 256, (h, w, 3), np.uint8) for h, w in sizes]
+
+
+def test_pretrained_views_are_the_libraries_transforms_pixel_for_pixel():
+  """`ViewRecipe.of_pretrained` against the libraries' own PIL transforms: torchvision V1's
+  resize 256 + center crop 224 and its 10-crop, and timm's bicubic crop_pct 0.95 (shorter side
+  floor(224 / 0.95) = 235, where rounding would give 236)."""
+  import timm.data
+  v1 = evaluate.ViewRecipe.of_pretrained(convert.twin_pretrained_cfg('resnet50',
+                                                                     'torchvision:IMAGENET1K_V1'))
+  resize, ten = torchvision.transforms.Resize(256), torchvision.transforms.TenCrop(224)
+  timm_view = timm.data.create_transform(input_size=224, crop_pct=0.95, interpolation='bicubic')
+  timm_view = torchvision.transforms.Compose(timm_view.transforms[:2])  # Before the tensor.
+  bicubic = evaluate.ViewRecipe.of_pretrained({'crop_fraction': 0.95, 'interpolation': 'bicubic'})
+  assert bicubic.short_side(224) == 235 and v1.short_side(224) == 256
+  for image in _random_images([(300, 400), (480, 360), (250, 250), (233, 517)], 2):
+    pil = Image.fromarray(image)
+    ours = evaluate.eval_views(image[None], 'ten_crop', recipe=v1, size=224)[:, 0]
+    np.testing.assert_array_equal(ours, np.stack([np.asarray(c) for c in ten(resize(pil))]))
+    np.testing.assert_array_equal(evaluate.center_crop(image[None], 224, v1)[0], ours[4])
+    np.testing.assert_array_equal(evaluate.center_crop(image[None], 224, bicubic)[0],
+                                  np.asarray(timm_view(pil)))
+
+
+def _folder(root, classes, sizes):
+  for i, name in enumerate(classes):
+    os.makedirs(root / 'val' / name)
+    for j, image in enumerate(_random_images(sizes, i)):
+      Image.fromarray(image).save(root / 'val' / name / f'{j}.jpg', quality=95)
+
+
+def test_evaluate_with_weights_scores_a_folder_as_torchvision_does(converted, tmp_path):
+  """`evaluate --weights` on a folder of two ImageNet classes (goldfish, 1, and great white
+  shark, 2, named as the weights name them): torchvision's V1 transform and the twin give the
+  same loss and accuracy, the folder's labels mapped to the weights' class indices."""
+  twin, _, ckpt = converted
+  classes, sizes = ['goldfish', 'great white shark'], [(300, 400), (480, 360), (256, 300)]
+  _folder(tmp_path, classes, sizes)
+  config = base_config()
+  config.dataset.source, config.dataset.eval_split = f'folder:{tmp_path}', 'val'
+  config.batch_size = 8
+  rows = evaluate.evaluate_pretrained(config, [ckpt], 'center')
+  files = [tmp_path / 'val' / name / f'{j}.jpg' for name in classes for j in range(len(sizes))]
+  labels = np.repeat([1, 2], len(sizes))
+  with torch.no_grad():
+    batch = torch.stack([V1.transforms()(Image.open(f).convert('RGB')) for f in files])
+    log_probs = torch.log_softmax(twin(batch), -1).numpy()
+  member = rows[0]
+  assert member['model'] == ckpt and member['examples'] == 6
+  assert member['loss'] == pytest.approx(-log_probs[np.arange(6), labels].mean(), rel=1e-4)
+  assert member['accuracy'] == pytest.approx(np.mean(log_probs.argmax(-1) == labels), abs=1e-9)
+  assert rows[1]['model'] == 'ensemble' and rows[1]['loss'] == pytest.approx(member['loss'])
+
+
+def test_evaluate_with_weights_names_what_does_not_fit(converted, tmp_path):
+  _, _, ckpt = converted
+  cfg = convert.load_pretrained_cfg(ckpt)
+  split = data.sources.Split([], 2, 'folder/val', ('goldfish', 'my cat'))
+  with pytest.raises(ValueError, match="name the class folders after the weights' class_names"):
+    evaluate.pretrained_labels(split, cfg, ckpt)
+  imagenet = data.sources.Split([], 1000, 'imagenet/val', tuple(f'n{i:08d}' for i in range(1000)))
+  assert evaluate.pretrained_labels(imagenet, cfg, ckpt) is None  # Their order, as it is.
+  other = tmp_path / 'other'
+  other.mkdir()
+  with open(other / convert.PRETRAINED_CFG, 'w') as f:
+    json.dump({**cfg, 'crop_fraction': 0.95}, f)
+  with pytest.raises(ValueError, match='differs from .* in crop_fraction'):
+    evaluate.evaluate_pretrained(base_config(), [ckpt, str(other)])
+  with pytest.raises(FileNotFoundError, match='python -m resnet_jax.convert'):
+    evaluate.evaluate_pretrained(base_config(), [str(tmp_path)])

@@ -165,7 +165,7 @@ def test_dense_views_and_scales():
   with pytest.raises(ValueError, match='--scales'):
     evaluate.dense_views(images, (24, 30), 28)
   with pytest.raises(ValueError, match='dense_views'):
-    evaluate.eval_views(images, 'dense', augment='none', size=28)
+    evaluate.eval_views(images, 'dense', recipe=evaluate.ViewRecipe(), size=28)
 
 
 def _digits_config(**fields):

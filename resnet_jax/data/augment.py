@@ -180,11 +180,17 @@ def random_resized_crop(image: np.ndarray, rng: np.random.Generator, size: int,
   return resize(image[top:top + h, left:left + w], size, size)
 
 
+def center_offset(length: int, size: int) -> int:
+  """Where a central `size` window of `length` starts: half the margin, rounded half to even as
+  torchvision's CenterCrop rounds it (a margin of 11 starts at 6, one of 117 at 58)."""
+  return int(round((length - size) / 2))
+
+
 def center_crop(image: np.ndarray, size: int, crop_fraction: float = 1.0,
                 interpolation: str = 'bilinear') -> np.ndarray:
   """Resize the shorter side to size / crop_fraction, then take the central size x size."""
   image = resize_shorter_side(image, int(round(size / crop_fraction)), interpolation)
-  top, left = (image.shape[0] - size) // 2, (image.shape[1] - size) // 2
+  top, left = center_offset(image.shape[0], size), center_offset(image.shape[1], size)
   return image[top:top + size, left:left + size]
 
 
