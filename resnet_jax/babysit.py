@@ -97,7 +97,12 @@ def lr_find_config(config, steps_per_epoch: int):
   n = config.babysit.lr_find_steps
   s = config.schedule
   s.name, s.warmup_epochs, s.scale_by_batch, s.base_lr = 'exponential', 0.0, False, low
-  s.decay_factor = (high / low) ** (steps_per_epoch / max(1, n - 1))  # Per epoch, continuous.
+  try:  # Per epoch, continuous: ImageNet's 10,009 steps of 128 over 199 make it 1e302 for 1e6.
+    s.decay_factor = (high / low) ** (steps_per_epoch / max(1, n - 1))
+  except OverflowError:
+    raise ValueError(f'config.babysit.lr_find_range {tuple(config.babysit.lr_find_range)} over '
+                     f'{n} steps grows the rate by more than 1e308 per epoch of {steps_per_epoch} '
+                     'steps: give more config.babysit.lr_find_steps or a narrower range') from None
   config.num_epochs = n / steps_per_epoch
   config.eval_every_epochs = config.num_epochs
   config.log_every_steps = 1

@@ -10,7 +10,7 @@ import optax
 import pytest
 import torch
 
-from resnet_jax import optim, steps, train
+from resnet_jax import babysit, optim, steps, train
 from resnet_jax.config import base_config
 from resnet_jax.parallel import DataParallel
 
@@ -271,6 +271,18 @@ def test_step_and_multistep_drops():
 def test_exponential_decays_by_the_factor_per_epoch():
   assert lrs([0, 10, 25], **{'schedule.name': 'exponential', 'schedule.decay_factor': 0.5}) == \
       pytest.approx([0.1, 0.05, 0.1 * 0.5 ** 2.5], rel=1e-6)
+
+
+def test_the_range_tests_growth_stays_finite_over_a_long_epoch():
+  """lr_find's 200 steps from 1e-5 to 10 in an epoch of ImageNet's 10,009 steps of 128: a
+  per-epoch factor of 1e302, inf in float32; the rates are still the range, step by step."""
+  config = babysit.lr_find_config(make_config(**{'babysit.lr_find_range': (1e-5, 10.0),
+                                                 'babysit.lr_find_steps': 200}), 10_009)
+  schedule = train.build_schedule(config, 10_009)
+  got = np.array([float(schedule(s)) for s in (0, 1, 100, 199)])
+  np.testing.assert_allclose(got, 1e-5 * 1e6 ** (np.array([0, 1, 100, 199]) / 199), rtol=1e-4)
+  with pytest.raises(ValueError, match='lr_find_steps or a narrower range'):
+    babysit.lr_find_config(make_config(**{'babysit.lr_find_range': (1e-9, 10.0)}), 10_009)
 
 
 def test_cosine_endpoints_and_midpoint():
