@@ -155,9 +155,9 @@ def multi_scale(images: np.ndarray, scales: Sequence[int], size: int,
                 crop: str = 'center', interpolation: str = 'bilinear') -> np.ndarray:
   """[S, N, size, size, C] (crop 'center') or [10 S, N, ...] ('ten_crop'): for each scale Q the
   shorter side resized to Q (bilinear, as scale augmentation, unless `interpolation` says
-  otherwise), then the central crop or the
-  10-crop; the softmax is averaged over all of them (Simonyan & Zisserman 2015, Sec. 3.2; He et
-  al. 2015, Sec. 3.4, who average the scores over scales)."""
+  otherwise), then the central crop or the 10-crop; the softmax is averaged over all of them
+  (Simonyan & Zisserman 2015, Sec. 3.2; He et al. 2015, Sec. 3.4, who average the scores over
+  scales)."""
   if crop not in SCALE_CROPS:
     raise ValueError(f"multi_scale crop {crop!r} (--scale_crop) is not one of {SCALE_CROPS}")
   small = [q for q in scales if q < size]
