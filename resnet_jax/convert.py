@@ -289,8 +289,9 @@ def create_model(name: str | None = None, *, weights: str, source: str | None = 
   else:
     cfg = twin_pretrained_cfg(name, source)
     variables = from_torch(name, load_state_dict(weights))
-    if _classes(variables, name) != cfg['num_classes']:
-      raise ValueError(f'weights {weights}: {_classes(variables, name)} classes, but '
+    classes = classifier_width(variables['params'], name, f'weights {weights}')
+    if classes != cfg['num_classes']:
+      raise ValueError(f'weights {weights}: {classes} classes, but '
                        f'{cfg["source"]} has {cfg["num_classes"]}; convert them with '
                        f'python -m resnet_jax.convert, giving their cfg')
   num_classes = overrides.pop('num_classes', cfg['num_classes'])
@@ -298,11 +299,17 @@ def create_model(name: str | None = None, *, weights: str, source: str | None = 
   return Pretrained(model, variables, cfg)
 
 
-def _classes(variables: dict, name: str) -> int:
-  node = variables['params']
-  for key in model_spec(name)['classifier'].split('/'):
-    node = node[key]
-  return node['kernel'].shape[-1]
+def classifier_width(params: dict, model_name: str, where: str) -> int:
+  """The class count of saved `params`: the last axis of the classifier's kernel (models
+  registry: model_spec(name)['classifier'])."""
+  path = model_spec(model_name)['classifier']
+  node = params
+  for part in (*path.split('/'), 'kernel'):
+    if not isinstance(node, dict) or part not in node:
+      raise ValueError(f'{where} holds no params/{path}/kernel, the classifier of {model_name}: '
+                       'it was written for another model')
+    node = node[part]
+  return int(np.shape(node)[-1])
 
 
 def load_variables(path: str) -> dict:
@@ -398,7 +405,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   args = parser.parse_args(argv)
   variables = from_torch(args.model, load_state_dict(args.weights), num_classes=args.num_classes)
   cfg = twin_pretrained_cfg(args.model, args.source)
-  cfg['num_classes'] = _classes(variables, args.model)
+  cfg['num_classes'] = classifier_width(variables['params'], args.model, args.weights)
   if cfg['num_classes'] != len(cfg['class_names']):
     cfg['class_names'] = []  # the library's names are for other weights (another head)
   for key in ('mean', 'std', 'crop_fraction', 'interpolation', 'license'):

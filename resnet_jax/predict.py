@@ -41,7 +41,7 @@ from resnet_jax.config import base_config
 from resnet_jax.configs import command_line
 from resnet_jax.data.augment import EvalPreprocess
 from resnet_jax.data.sources import IMAGE_EXTENSIONS, decode_image
-from resnet_jax.models import abstract_variables, model_spec
+from resnet_jax.models import abstract_variables
 
 CHECKPOINTS = ('best', 'latest')  # Or a step number.
 # The channel counts the sources produce: grey ('L') or RGB (data.sources).
@@ -128,19 +128,6 @@ def _shapes(tree) -> dict[str, tuple[int, ...]]:
           for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def classifier_width(params: dict, model_name: str, where: str) -> int:
-  """The class count of saved `params`: the last axis of the classifier's kernel (models
-  registry: model_spec(name)['classifier'])."""
-  path = model_spec(model_name)['classifier']
-  node = params
-  for part in (*path.split('/'), 'kernel'):
-    if not isinstance(node, dict) or part not in node:
-      raise ValueError(f'{where} holds no params/{path}/kernel, the classifier of {model_name}: '
-                       'it was written for another model than its config.json names')
-    node = node[part]
-  return int(np.shape(node)[-1])
-
-
 def input_channels(model, image_size: int, variables: dict, where: str) -> int:
   """The channel count whose abstract initialisation has exactly the saved variables' shapes
   (the first layer's kernel differs between grey and RGB input)."""
@@ -174,7 +161,7 @@ def load_run(workdir: str, checkpoint: str | int = 'best', *, ema: bool = False)
   step, why = choose_step(checkpoint_accuracies(workdir), checkpoint, directory)
   where = f'checkpoint {os.path.join(directory, str(step))}'
   tree = checkpoint_lib.load_state_tree(workdir, step)
-  num_classes = classifier_width(tree['params'], config.model.name, where)
+  num_classes = convert.classifier_width(tree['params'], config.model.name, where)
   stored_names = records.read_run(workdir).get('class_names')
   names = tuple(stored_names) if stored_names else tuple(str(i) for i in range(num_classes))
   if len(names) != num_classes:
